@@ -1,0 +1,247 @@
+"""Every transfer across the TSP axis: primitives, schedules' streams, autograd, byte counters.
+
+Byte accounting (per rank, payload only, so formulas stay algorithm-independent):
+  broadcast of N bytes        owner sent N; every other rank received N
+  all-gather of n per rank    sent n; received n x (D-1)
+  reduce-scatter, n per rank  sent n x (D-1); received n x (D-1)
+  reduce of N bytes to owner  every other rank sent N; owner received N x (D-1)
+  all-reduce of N bytes       sent and received 2N(D-1)/D each (ring)
+  point-to-point of N bytes   sender sent N; receiver received N
+"""
+
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megatron_tsp import parallel_state as ps
+
+_counters: Dict[str, Dict[str, int]] = defaultdict(lambda: {"sent": 0, "received": 0})
+
+
+def count_bytes(kind: str, sent: int = 0, received: int = 0) -> None:
+    _counters[kind]["sent"] += int(sent)
+    _counters[kind]["received"] += int(received)
+
+
+def transfer_counters() -> Dict[str, Dict[str, int]]:
+    """A copy of the bytes sent and received by this rank since the last reset, by kind."""
+    return {k: dict(v) for k, v in _counters.items()}
+
+
+def reset_transfer_counters() -> None:
+    _counters.clear()
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def wait_all(handles: Sequence) -> None:
+    for h in handles:
+        h.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Primitives on the TSP group (group ranks, not global ranks)
+
+
+def broadcast_from(tensor: torch.Tensor, owner: int, kind: str):
+    """Async broadcast of `tensor` (filled on `owner`, a buffer elsewhere); returns the work."""
+    D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
+    count_bytes(kind, sent=_nbytes(tensor) if p == owner else 0,
+                received=0 if p == owner else _nbytes(tensor))
+    return dist.broadcast(tensor, group_src=owner, group=ps.get_tsp_group(), async_op=True)
+
+
+def reduce_to_owner(tensor: torch.Tensor, owner: int, kind: str):
+    """Async sum of `tensor` over the group onto `owner` (in place there; clobbered elsewhere)."""
+    D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
+    count_bytes(kind, sent=0 if p == owner else _nbytes(tensor),
+                received=_nbytes(tensor) * (D - 1) if p == owner else 0)
+    return dist.reduce(tensor, group_dst=owner, group=ps.get_tsp_group(), async_op=True)
+
+
+def ring_shift(send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor], kind: str) -> List:
+    """Async: send `send` to the next rank of the ring and receive `recv` from the previous."""
+    group = ps.get_tsp_group()
+    ops = []
+    for s, r in zip(send, recv):
+        count_bytes(kind, sent=_nbytes(s), received=_nbytes(r))
+        ops.append(dist.P2POp(dist.isend, s, group=group, group_peer=ps.get_tsp_next_rank()))
+        ops.append(dist.P2POp(dist.irecv, r, group=group, group_peer=ps.get_tsp_prev_rank()))
+    return dist.batch_isend_irecv(ops) if ops else []
+
+
+def all_reduce_sum(tensor: torch.Tensor, kind: str, group=None) -> torch.Tensor:
+    """In-place sum over the TSP group (or `group`); counted as a ring all-reduce."""
+    group = group or ps.get_tsp_group()
+    D = dist.get_world_size(group)
+    if D > 1:
+        moved = 2 * _nbytes(tensor) * (D - 1) // D
+        count_bytes(kind, sent=moved, received=moved)
+        dist.all_reduce(tensor, group=group)
+    return tensor
+
+
+def _all_gather_dim0(local: torch.Tensor, kind: str) -> torch.Tensor:
+    D = ps.get_tsp_world_size()
+    count_bytes(kind, sent=_nbytes(local), received=_nbytes(local) * (D - 1))
+    parts = [torch.empty_like(local) for _ in range(D)]
+    dist.all_gather(parts, local.contiguous(), group=ps.get_tsp_group())
+    return torch.cat(parts, dim=0)
+
+
+def _reduce_scatter_dim0(full: torch.Tensor, kind: str) -> torch.Tensor:
+    D = ps.get_tsp_world_size()
+    out = torch.empty((full.shape[0] // D,) + tuple(full.shape[1:]), dtype=full.dtype)
+    count_bytes(kind, sent=_nbytes(out) * (D - 1), received=_nbytes(out) * (D - 1))
+    dist.reduce_scatter_single(out, full.contiguous(), group=ps.get_tsp_group())
+    return out
+
+
+class _GatherAlongSequence(torch.autograd.Function):
+    """all-gather along dim 0 in rank order; backward reduce-scatters the gradient to owners."""
+
+    @staticmethod
+    def forward(ctx, local, kind):
+        ctx.kind = kind
+        return _all_gather_dim0(local, kind)
+
+    @staticmethod
+    def backward(ctx, grad_full):
+        return _reduce_scatter_dim0(grad_full, ctx.kind + "_grad"), None
+
+
+def gather_along_sequence(local: torch.Tensor, kind: str) -> torch.Tensor:
+    """x_local [n, ...] on each rank -> [D*n, ...] in rank order, on every rank (autograd)."""
+    if ps.get_tsp_world_size() == 1:
+        return local
+    return _GatherAlongSequence.apply(local, kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight streams used by the layer schedules
+
+
+class ShardBroadcast:
+    """Streams owned weight shards to every rank, one step at a time, prefetching the next.
+
+    Step j assembles the blocks of owners [j*k, (j+1)*k) (k = blocks_per_step), concatenated
+    along each tensor's partition dim. `deliver` sends a step's weight-gradient partials back to
+    their owners (async reduce, fp32); `owned_grads` is this rank's summed gradient afterwards.
+    """
+
+    def __init__(self, owned: Sequence[torch.Tensor], dims: Sequence[int], blocks_per_step: int,
+                 kind: str):
+        self.owned, self.dims, self.k, self.kind = list(owned), list(dims), blocks_per_step, kind
+        self.D, self.p = ps.get_tsp_world_size(), ps.get_tsp_rank()
+        assert self.D % self.k == 0
+        self.num_steps = self.D // self.k
+        self._reduce_work: List = []
+        self._own_grad_buffers: Optional[List[torch.Tensor]] = None
+
+    def _fetch(self, step: int):
+        bufs, work = [], []
+        for owner in range(step * self.k, (step + 1) * self.k):
+            if owner == self.p:
+                blocks = self.owned
+            else:
+                blocks = [torch.empty_like(t) for t in self.owned]
+            if self.D > 1:
+                work += [broadcast_from(b, owner, self.kind) for b in blocks]
+            bufs.append(blocks)
+        return bufs, work
+
+    def _assemble(self, bufs):
+        return [torch.cat([blocks[i] for blocks in bufs], dim=d) if self.k > 1 else bufs[0][i]
+                for i, d in enumerate(self.dims)]
+
+    def __iter__(self):
+        pending = self._fetch(0)
+        for step in range(self.num_steps):
+            bufs, work = pending
+            if step + 1 < self.num_steps:
+                pending = self._fetch(step + 1)
+            wait_all(work)
+            yield step, self._assemble(bufs)
+
+    def deliver(self, step: int, grads: Sequence[torch.Tensor]) -> None:
+        """Reduce each block of a step's weight-gradient partials onto the block's owner."""
+        for i, (g, d) in enumerate(zip(grads, self.dims)):
+            for j, block in enumerate(g.float().chunk(self.k, dim=d)):
+                owner = step * self.k + j
+                block = block.contiguous()
+                if owner == self.p:
+                    self._own_grad_buffers = self._own_grad_buffers or [None] * len(self.dims)
+                    self._own_grad_buffers[i] = block
+                if self.D > 1:
+                    self._reduce_work.append(reduce_to_owner(block, owner, self.kind + "_grad"))
+
+    def owned_grads(self) -> List[torch.Tensor]:
+        wait_all(self._reduce_work)
+        assert self._own_grad_buffers is not None
+        return self._own_grad_buffers
+
+
+class _Visit:
+    """One step of a ring: the visiting shard `index`, its tensors and, in backward, its
+    travelling fp32 gradient accumulators."""
+
+    def __init__(self, ring: "ShardRing", index: int, tensors: List[torch.Tensor]):
+        self.ring, self.index, self.tensors = ring, index, tensors
+
+    def accumulate(self, grads: Sequence[torch.Tensor]) -> None:
+        """Add this rank's contribution to the visiting shard's gradient, then pass it on."""
+        ring = self.ring
+        wait_all(ring._acc_work)
+        for acc, g in zip(ring._acc, grads):
+            acc.add_(g.float())
+        if ring.D > 1:
+            incoming = [torch.empty_like(a) for a in ring._acc]
+            ring._acc_work = ring_shift(ring._acc, incoming, ring.kind + "_grad")
+            ring._acc = incoming
+
+
+class ShardRing:
+    """Circulates owned shards around the TSP ring: at step s rank p holds shard (p - s) mod D.
+
+    The transfer of the next shard is posted before the current one is used (double buffer).
+    With `accumulate`, each visit adds its gradient contribution to an fp32 accumulator that
+    travels with the shard; after D steps (one extra hop) the full gradient is on the owner.
+    """
+
+    def __init__(self, owned: Sequence[torch.Tensor], kind: str, accumulate: bool = False):
+        self.owned, self.kind = list(owned), kind
+        self.D, self.p = ps.get_tsp_world_size(), ps.get_tsp_rank()
+        self._acc = [torch.zeros_like(t, dtype=torch.float32) for t in owned] if accumulate else []
+        self._acc_work: List = []
+
+    def __iter__(self):
+        current = self.owned
+        for step in range(self.D):
+            work, incoming = [], None
+            if step + 1 < self.D:
+                incoming = [torch.empty_like(t) for t in current]
+                work = ring_shift(current, incoming, self.kind)
+            yield _Visit(self, (self.p - step) % self.D, current)
+            wait_all(work)
+            current = incoming
+
+    def owned_grads(self) -> List[torch.Tensor]:
+        """The summed gradient of this rank's own shard (after the ring has run)."""
+        wait_all(self._acc_work)
+        return self._acc
+
+
+def all_reduce_replicated_grads(module: torch.nn.Module) -> None:
+    """Sum the gradients of replicated params (norms) over the TSP group: each rank only saw its
+    own tokens. Megatron's finalize_model_grads does the same for `sequence_parallel` params."""
+    grads = [p.grad for p in module.parameters()
+             if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if grads and ps.get_tsp_world_size() > 1:
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        all_reduce_sum(flat, "replicated_grads")
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))

@@ -1,0 +1,12 @@
+"""Adaptations of megatron-core 0.19.2 to the machines it does not expect.
+
+Applied automatically by ``import megatron_tsp`` before anything imports ``megatron.core``.
+Each adaptation is applied only where it is needed (no triton, Python < 3.12, no CUDA) and is
+commented with the megatron-core place it addresses.
+"""
+
+from megatron_tsp.compat.cpu import apply_cpu_adaptations
+from megatron_tsp.compat.imports import apply_import_adaptations
+
+apply_import_adaptations()
+apply_cpu_adaptations()

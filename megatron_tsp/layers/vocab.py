@@ -1,0 +1,135 @@
+"""Vocabulary-sharded embedding, streamed output layer and cross-entropy.
+
+Legend: n = s*b local tokens, Vd = Vp / D rows per shard (Vp: Megatron's padded vocabulary).
+The table shards circulate in the same ring as the MLP's, so the traffic per rank is the table
+(Vp x h), independent of sequence length. The output layer keeps an online log-sum-exp per token
+over the visiting shards, so the [n x Vp] logits never exist at once. Logits of padded rows
+(ids >= the real vocabulary size) are masked, so the loss equals the unpadded model's at any D.
+"""
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from megatron_tsp import comm
+from megatron_tsp import parallel_state as ps
+from megatron_tsp.comm import ShardRing
+from megatron_tsp.layers.linear import TSPLinear
+
+
+def _rows_in_shard(ids: torch.Tensor, shard: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Which ids fall in a shard, and their row within it."""
+    local = ids - shard * rows
+    return (local >= 0) & (local < rows), local
+
+
+class _EmbeddingRing(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, table):
+        ctx.save_for_backward(ids, table)
+        out = torch.zeros(ids.shape + (table.shape[1],), dtype=table.dtype, device=table.device)
+        for visit in ShardRing([table], "vocab_weights"):
+            hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
+            out[hit] = visit.tensors[0][row[hit]]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ids, table = ctx.saved_tensors
+        ring = ShardRing([table], "vocab_weights", accumulate=True)
+        for visit in ring:
+            hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
+            grad = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+            grad.index_add_(0, row[hit], grad_out[hit].float())
+            visit.accumulate([grad])
+        return None, ring.owned_grads()[0].to(table.dtype)
+
+
+class TSPEmbedding(nn.Module):
+    """Megatron's LanguageModelEmbedding parameter (word_embeddings.weight [Vp/D, h] shard)."""
+
+    def __init__(self, padded_vocab_size: int, hidden_size: int, dtype=torch.float32):
+        super().__init__()
+        self.word_embeddings = TSPLinear(padded_vocab_size, hidden_size, 0, dtype=dtype)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [b, s] -> embeddings [s, b, h] (Megatron's layout)."""
+        return _EmbeddingRing.apply(input_ids.t(), self.word_embeddings.weight)
+
+
+def _masked_logits(x2d, shard, index, vocab_size):
+    logits = (x2d @ shard.t()).float()
+    first = index * shard.shape[0]
+    if first + shard.shape[0] > vocab_size:
+        logits[:, max(vocab_size - first, 0):] = float("-inf")
+    return logits
+
+
+class _VocabCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, table, labels, vocab_size):
+        x2d, labels1d = x.reshape(-1, x.shape[-1]), labels.reshape(-1)
+        n = x2d.shape[0]
+        running_max = torch.full((n,), torch.finfo(torch.float32).min, device=x.device)
+        sum_exp = torch.zeros(n, device=x.device)
+        target = torch.zeros(n, device=x.device)
+        for visit in ShardRing([table], "vocab_weights"):
+            logits = _masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
+            new_max = torch.maximum(running_max, logits.max(dim=-1).values)
+            sum_exp = sum_exp * torch.exp(running_max - new_max) + torch.exp(
+                logits - new_max.unsqueeze(1)).sum(dim=-1)
+            running_max = new_max
+            hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
+            target[hit] = logits[hit, row[hit]]
+        log_z = running_max + torch.log(sum_exp)
+        ctx.vocab_size = vocab_size
+        ctx.save_for_backward(x, table, labels, log_z)
+        return (log_z - target).view(labels.shape)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        x, table, labels, log_z = ctx.saved_tensors
+        x2d, labels1d = x.reshape(-1, x.shape[-1]).float(), labels.reshape(-1)
+        grad_loss = grad_loss.reshape(-1, 1).float()
+        grad_x = torch.zeros_like(x2d)
+        ring = ShardRing([table], "vocab_weights", accumulate=True)
+        for visit in ring:
+            shard = visit.tensors[0]
+            probs = torch.exp(_masked_logits(x2d, shard.float(), visit.index, ctx.vocab_size)
+                              - log_z.unsqueeze(1))
+            hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
+            probs[hit, row[hit]] -= 1.0
+            probs *= grad_loss
+            grad_x += probs @ shard.float()
+            visit.accumulate([probs.t() @ x2d])
+        return (grad_x.view(x.shape).to(x.dtype), ring.owned_grads()[0].to(table.dtype),
+                None, None)
+
+
+def vocab_cross_entropy(hidden: torch.Tensor, table: torch.Tensor, labels: torch.Tensor,
+                        vocab_size: int) -> torch.Tensor:
+    """hidden [s, b, h], labels [s, b] -> per-token loss [s, b] in fp32."""
+    return _VocabCrossEntropy.apply(hidden, table, labels, vocab_size)
+
+
+@torch.no_grad()
+def vocab_logits(hidden: torch.Tensor, table: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """hidden [s, b, h] -> full logits [s, b, Vp] of the local tokens (evaluation only)."""
+    blocks = [None] * ps.get_tsp_world_size()
+    x2d = hidden.reshape(-1, hidden.shape[-1])
+    for visit in ShardRing([table], "vocab_weights"):
+        blocks[visit.index] = _masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
+    return torch.cat(blocks, dim=-1).view(hidden.shape[:-1] + (-1,))
+
+
+def masked_token_mean(loss: torch.Tensor, loss_mask: torch.Tensor
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-token local losses -> (what this rank backpropagates, the global mean to report).
+
+    Each rank backpropagates its local sum over the GLOBAL token count, so the gradients add up
+    to those of the single-device mean; the reported mean is summed over the TSP group.
+    """
+    totals = torch.stack([(loss.float() * loss_mask).sum(), loss_mask.float().sum()]).detach()
+    comm.all_reduce_sum(totals, "loss")
+    return (loss.float() * loss_mask).sum() / totals[1], totals[0] / totals[1]

@@ -1,0 +1,109 @@
+"""The Qwen3 dense decoder assembled from TSP layers, shaped like Megatron-Core's GPTModel.
+
+Same [s, b, h] layout, same parameter names as GPTModel with the local layer spec
+(embedding.word_embeddings, decoder.layers.N.{input_layernorm, self_attention.*,
+pre_mlp_layernorm, mlp.*}, decoder.final_layernorm, output_layer) and, at TSP size D, the same
+shards as GPTModel at tensor-parallel size D. Inputs are the LOCAL zigzag shard of each sequence
+(see megatron_tsp.layout); position ids are the global positions of the local tokens.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from megatron_tsp import parallel_state as ps
+from megatron_tsp.layers.attention import TSPSelfAttention
+from megatron_tsp.layers.linear import TSPLinear, draw_full_normal, is_sharded, shard_of
+from megatron_tsp.layers.mlp import TSPMLP
+from megatron_tsp.layers.norm import RMSNorm
+from megatron_tsp.layers.rotary import rotary_cos_sin
+from megatron_tsp.layers.vocab import TSPEmbedding, vocab_cross_entropy, vocab_logits
+from megatron_tsp.models.config import Qwen3Config
+
+_VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
+_OUTPUT_PROJECTIONS = ("linear_proj.weight", "linear_fc2.weight")
+
+
+class TSPTransformerLayer(nn.Module):
+    def __init__(self, config: Qwen3Config, dtype: torch.dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
+        self.self_attention = TSPSelfAttention(config, dtype)
+        self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
+        self.mlp = TSPMLP(config, dtype)
+
+    def forward(self, hidden, cos, sin):
+        hidden = hidden + self.self_attention(self.input_layernorm(hidden), cos, sin)
+        return hidden + self.mlp(self.pre_mlp_layernorm(hidden))
+
+
+class TSPTransformerBlock(nn.Module):
+    def __init__(self, config: Qwen3Config, dtype: torch.dtype):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TSPTransformerLayer(config, dtype) for _ in range(config.num_layers))
+        self.final_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
+
+    def forward(self, hidden, cos, sin):
+        for layer in self.layers:
+            hidden = layer(hidden, cos, sin)
+        return self.final_layernorm(hidden)
+
+
+class TSPQwen3Model(nn.Module):
+    """Qwen3 under TSP. The TSP group (megatron_tsp.parallel_state) must be initialised first."""
+
+    def __init__(self, config: Qwen3Config, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        self.padded_vocab_size = config.padded_vocab_size(ps.get_tsp_world_size())
+        self.embedding = TSPEmbedding(self.padded_vocab_size, config.hidden_size, dtype)
+        self.decoder = TSPTransformerBlock(config, dtype)
+        if not config.tie_word_embeddings:
+            self.output_layer = TSPLinear(self.padded_vocab_size, config.hidden_size, 0,
+                                          dtype=dtype)
+
+    def output_weight(self) -> torch.Tensor:
+        if self.config.tie_word_embeddings:
+            return self.embedding.word_embeddings.weight
+        return self.output_layer.weight
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids, position_ids, labels [b, s] (local shard) -> loss [b, s] (fp32), or
+        logits [b, s, Vp] when labels is None. attention_mask is accepted for GPTModel's
+        signature and must be None: attention is causal by construction."""
+        if attention_mask is not None:
+            raise ValueError("TSPQwen3Model is causal by construction; pass attention_mask=None")
+        cfg = self.config
+        cos, sin = rotary_cos_sin(position_ids, cfg.kv_channels, cfg.rotary_base)
+        hidden = self.decoder(self.embedding(input_ids), cos, sin)
+        if labels is None:
+            return vocab_logits(hidden, self.output_weight(), cfg.vocab_size).transpose(0, 1)
+        return vocab_cross_entropy(hidden, self.output_weight(), labels.t(), cfg.vocab_size).t()
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Draw every full weight from (seed, name), then keep this rank's shard: D-independent.
+
+        Normal(0, init_method_std); output projections (linear_proj, linear_fc2) use
+        std / sqrt(2 * num_layers) like Megatron; norms are ones; padded vocabulary rows zero.
+        """
+        cfg, D, p = self.config, ps.get_tsp_world_size(), ps.get_tsp_rank()
+        for name, param in self.named_parameters():
+            if not is_sharded(param):
+                param.fill_(1.0)
+                continue
+            std = cfg.init_method_std
+            if name.endswith(_OUTPUT_PROJECTIONS):
+                std /= math.sqrt(2.0 * cfg.num_layers)
+            if name in _VOCAB_TABLES:
+                full = torch.zeros(param.tsp_full_shape)
+                full[:cfg.vocab_size] = draw_full_normal(seed, name,
+                                                         (cfg.vocab_size, cfg.hidden_size), std)
+            else:
+                full = draw_full_normal(seed, name, param.tsp_full_shape, std)
+            param.copy_(shard_of(full, param, p, D))
