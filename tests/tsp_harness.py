@@ -1,0 +1,63 @@
+"""Shared bodies for TSP tests: run one training step of the TSP model on a fixed batch.
+
+Every rank draws the same full batch from the seed, keeps its zigzag shard and returns what it
+computed gathered back to full shape, so results at different D compare directly.
+"""
+
+import torch
+
+from megatron_tsp import comm
+from megatron_tsp import parallel_state as ps
+from megatron_tsp.layers.linear import gather_full
+from megatron_tsp.layers.vocab import masked_token_mean
+from megatron_tsp.layout import scatter_to_local
+from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.models.qwen3 import TSPQwen3Model
+
+
+def tiny_config(heads=8, groups=2, tied=True, **changes) -> Qwen3Config:
+    base = dict(num_layers=2, hidden_size=32, num_attention_heads=heads, num_query_groups=groups,
+                kv_channels=8, ffn_hidden_size=64, vocab_size=500, tie_word_embeddings=tied)
+    base.update(changes)
+    return Qwen3Config(**base)
+
+
+def full_batch(vocab_size: int, batch: int, seq_length: int, seed: int = 1234):
+    """tokens, labels, position ids [b, S] and a loss mask with a few tokens masked out."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size, (batch, seq_length + 1), generator=generator)
+    loss_mask = (torch.rand(batch, seq_length, generator=generator) > 0.1).float()
+    positions = torch.arange(seq_length).expand(batch, seq_length)
+    return tokens[:, :-1], tokens[:, 1:], positions, loss_mask
+
+
+def train_step(model: TSPQwen3Model, batch):
+    """Forward + backward on the local shard; returns (global mean loss, local per-token loss)."""
+    tokens, labels, positions, loss_mask = (scatter_to_local(t, dim=1) for t in batch)
+    loss = model(tokens, positions, labels=labels)
+    to_backprop, mean = masked_token_mean(loss, loss_mask)
+    to_backprop.backward()
+    comm.all_reduce_replicated_grads(model)
+    return mean, loss
+
+
+def full_grads(model: TSPQwen3Model):
+    return {name: gather_full(p.grad, p) for name, p in model.named_parameters()}
+
+
+def step_results(config: Qwen3Config, seq_length=16, batch=2, seed=7):
+    """Loss and every full gradient after one step at the current TSP size."""
+    model = TSPQwen3Model(config)
+    model.init_weights(seed)
+    mean, _ = train_step(model, full_batch(config.vocab_size, batch, seq_length))
+    return {"loss": mean.item(), "grads": full_grads(model)}
+
+
+def run_step_parity_configs(tsp_size, configs):
+    """Worker body: one step for each config at `tsp_size`; rank 0 returns the results."""
+    ps.initialize_tsp(tsp_size)
+    try:
+        results = [step_results(cfg) for cfg in configs]
+    finally:
+        ps.destroy_tsp()
+    return results if torch.distributed.get_rank() == 0 else None
