@@ -1,0 +1,99 @@
+"""The schedules really are TSP, read from the transfer counters of real runs at D = 4.
+
+The MLP moves weights only (bytes independent of sequence length); attention moves weights plus
+the kv heads of the local tokens; nothing all-reduces activations.
+"""
+
+import pytest
+
+from megatron_tsp import comm
+from megatron_tsp import parallel_state as ps
+from tests.dist import run_distributed
+from tests.tsp_harness import full_batch, tiny_config, train_step
+
+D = 4
+FP32 = 4
+BATCH = 2
+CONFIGS = [tiny_config(heads=8, groups=8), tiny_config(heads=8, groups=2, tied=False)]
+LENGTHS = [16, 64]
+ALLOWED_KINDS = {"attn_weights", "attn_weights_grad", "attn_kv", "attn_kv_grad", "mlp_weights",
+                 "mlp_weights_grad", "vocab_weights", "vocab_weights_grad", "loss",
+                 "replicated_grads"}
+
+
+def _counters_per_length():
+    from megatron_tsp.models.qwen3 import TSPQwen3Model
+    ps.initialize_tsp(D)
+    out = []
+    for cfg in CONFIGS:
+        model = TSPQwen3Model(cfg)
+        model.init_weights(0)
+        per_length = {}
+        for seq_length in LENGTHS:
+            comm.reset_transfer_counters()
+            train_step(model, full_batch(cfg.vocab_size, BATCH, seq_length))
+            per_length[seq_length] = comm.transfer_counters()
+        out.append(per_length)
+    ps.destroy_tsp()
+    return out
+
+
+@pytest.fixture(scope="module")
+def counters():
+    return run_distributed(_counters_per_length, D)
+
+
+def _mlp_weight_bytes(cfg):
+    fc1 = 2 * cfg.ffn_hidden_size // D * cfg.hidden_size
+    fc2 = cfg.hidden_size * cfg.ffn_hidden_size // D
+    return (fc1 + fc2) * FP32
+
+
+def test_only_tsp_transfer_kinds_exist(counters):
+    for rank_counters in counters:
+        for per_length in rank_counters:
+            for seq_length, kinds in per_length.items():
+                assert set(kinds) <= ALLOWED_KINDS, f"unexpected transfer at S={seq_length}"
+
+
+def test_mlp_bytes_do_not_depend_on_sequence_length(counters):
+    for rank_counters in counters:
+        for cfg, per_length in zip(CONFIGS, rank_counters):
+            short, long = (per_length[s] for s in LENGTHS)
+            for kind in ("mlp_weights", "mlp_weights_grad"):
+                assert short[kind] == long[kind]
+            shard = _mlp_weight_bytes(cfg) * cfg.num_layers
+            # forward and backward each pass the weights D-1 hops; the fp32 accumulator D hops
+            assert short["mlp_weights"] == {"sent": 2 * (D - 1) * shard,
+                                            "received": 2 * (D - 1) * shard}
+            assert short["mlp_weights_grad"] == {"sent": D * shard, "received": D * shard}
+
+
+def test_attention_moves_weights_and_local_kv_heads_only(counters):
+    for rank, rank_counters in enumerate(counters):
+        for cfg, per_length in zip(CONFIGS, rank_counters):
+            short, long = (per_length[s] for s in LENGTHS)
+            assert short["attn_weights"] == long["attn_weights"]
+            assert short["attn_weights_grad"] == long["attn_weights_grad"]
+            for seq_length in LENGTHS:
+                kinds = per_length[seq_length]
+                local_kv = (seq_length // D) * BATCH * 2 * cfg.num_query_groups \
+                    * cfg.kv_channels * FP32 * cfg.num_layers
+                # k/v of the local tokens, gathered in forward and again in the recompute
+                assert kinds["attn_kv"]["sent"] == 2 * local_kv
+                assert kinds["attn_kv"]["received"] == 2 * local_kv * (D - 1)
+                assert kinds["attn_kv_grad"]["sent"] == local_kv * (D - 1)
+
+
+def test_attention_weight_broadcast_bytes(counters):
+    for rank, rank_counters in enumerate(counters):
+        for cfg, per_length in zip(CONFIGS, rank_counters):
+            kinds = per_length[LENGTHS[0]]
+            h, hd = cfg.hidden_size, cfg.kv_channels
+            qkv = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * hd * h // D
+            proj = h * cfg.num_attention_heads * hd // D
+            shard = (qkv + proj) * FP32 * cfg.num_layers
+            # each shard is broadcast in forward and again in backward
+            assert kinds["attn_weights"] == {"sent": 2 * shard, "received": 2 * (D - 1) * shard}
+            assert kinds["attn_weights_grad"] == {"sent": (D - 1) * shard,
+                                                  "received": (D - 1) * shard}
