@@ -12,38 +12,13 @@ import megatron_tsp  # noqa: F401  (compat patches first)
 from megatron_tsp.conversion.hf_qwen3 import (
     hf_config_from_qwen3, hf_state_dict_to_megatron, hf_to_megatron, megatron_state_dict_to_hf,
     qwen3_config_from_hf)
-
-# head_dim 32 != hidden / heads = 16, so a hidden/heads default would be caught
-HF_SHAPE = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=32, intermediate_size=128, rms_norm_eps=1e-6,
-                max_position_embeddings=4096)
-
-
-def _hf_model(tie: bool) -> transformers.Qwen3ForCausalLM:
-    cfg = transformers.Qwen3Config(**HF_SHAPE, rope_theta=1e6, tie_word_embeddings=tie)
-    torch.manual_seed(0)
-    model = transformers.Qwen3ForCausalLM(cfg).eval()
-    # HF initialises norms to ones, which would hide a swapped norm: randomise every tensor,
-    # scaled so the logits are O(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(1 + 0.3 * torch.randn_like(p) if p.ndim == 1 else 0.15 * torch.randn_like(p))
-    return model
-
-
-def _hf_checkpoint_dict(model) -> dict:
-    """The state dict as HF saves it: no lm_head when tied."""
-    sd = model.state_dict()
-    if model.config.tie_word_embeddings:
-        del sd["lm_head.weight"]
-    return sd
-
+from tests.hf_models import HF_SHAPE, hf_checkpoint_dict, hf_model
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_round_trip_is_bit_identical(tie):
-    model = _hf_model(tie)
+    model = hf_model(tie)
     config = qwen3_config_from_hf(model.config.to_dict(), "test")
-    hf_sd = _hf_checkpoint_dict(model)
+    hf_sd = hf_checkpoint_dict(model)
     mc_sd = hf_state_dict_to_megatron(hf_sd, config)
     layer0 = "decoder.layers.0."
     assert mc_sd[layer0 + "self_attention.linear_qkv.weight"].shape == ((4 + 2 * 2) * 32, 64)
@@ -57,16 +32,16 @@ def test_round_trip_is_bit_identical(tie):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_streaming_reads_each_tensor_once(tie):
-    model = _hf_model(tie)
+    model = hf_model(tie)
     config = qwen3_config_from_hf(model.config.to_dict(), "test")
     sd, reads = model.state_dict(), []
     names = [name for name, _ in hf_to_megatron(lambda n: reads.append(n) or sd[n], config)]
-    assert sorted(reads) == sorted(_hf_checkpoint_dict(model))  # tied: lm_head never read
+    assert sorted(reads) == sorted(hf_checkpoint_dict(model))  # tied: lm_head never read
     assert len(names) == len(set(names))
 
 
 def test_padded_vocab_rows_are_dropped():
-    model = _hf_model(tie=False)
+    model = hf_model(tie=False)
     config = qwen3_config_from_hf(model.config.to_dict(), "test")
     mc_sd = hf_state_dict_to_megatron(model.state_dict(), config)
     padded = config.padded_vocab_size(3)
@@ -162,9 +137,9 @@ def _swap_qk_norms(sd):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_megatron_layout_reproduces_hf_logits(tie):
-    model = _hf_model(tie)
+    model = hf_model(tie)
     config = qwen3_config_from_hf(model.config.to_dict(), "test")
-    mc_sd = hf_state_dict_to_megatron(_hf_checkpoint_dict(model), config)
+    mc_sd = hf_state_dict_to_megatron(hf_checkpoint_dict(model), config)
     torch.manual_seed(1)
     tokens = torch.randint(0, config.vocab_size, (2, 24))
     with torch.no_grad():
