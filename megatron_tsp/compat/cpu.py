@@ -55,14 +55,12 @@ def _new_tensors_on_cpu() -> None:
     import megatron.core.models.common.embeddings.rotary_pos_embedding as rotary
     import megatron.core.tensor_parallel.layers as layers
     import megatron.core.tensor_parallel.mappings as mappings
-    import megatron.core.tensor_parallel.utils as tp_utils
     import megatron.core.utils as core_utils
 
     for module in (
         core_utils,  # GlobalMemoryBuffer.get_tensor: core attention's matmul buffer, SP gathers
         mappings,  # _gather_along_first_dim, _reduce_scatter_along_first_dim, ...: SP collectives
         layers,  # LinearWithGradAccumulationAndAsyncCommunication.backward: SP input all-gather
-        tp_utils,  # split/gather_split_1d_tensor
         rotary,  # RotaryEmbedding.forward moves inv_freq to the "GPU" on every first call
     ):
         use_cpu_as_cuda(module)
