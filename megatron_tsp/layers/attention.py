@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import ShardBroadcast
@@ -60,8 +61,9 @@ def zigzag_causal_attention(q: torch.Tensor, k_full: torch.Tensor, v_full: torch
                             ) -> torch.Tensor:
     """q [s, b, hs, hd] of the local zigzag chunks; k/v_full [S, b, gs, hd] in sequence order.
 
-    Each local chunk attends to keys up to its own end (lower-right causal). GQA is left to SDPA
-    (enable_gqa), so kv heads are never repeated. Returns [s, b, hs * hd].
+    Each local chunk attends to keys up to its own end (lower-right causal: torch's CausalBias
+    dispatches to flash / memory-efficient kernels on GPU and materialises the mask on CPU). GQA
+    is left to SDPA (enable_gqa), so kv heads are never repeated. Returns [s, b, hs * hd].
     """
     s, b, hs, hd = q.shape
     c = s // 2
@@ -70,10 +72,9 @@ def zigzag_causal_attention(q: torch.Tensor, k_full: torch.Tensor, v_full: torch
     for i, chunk in enumerate(local_chunks(ps.get_tsp_rank(), ps.get_tsp_world_size())):
         kv_len = (chunk + 1) * c
         q_i = q[i * c:(i + 1) * c].permute(1, 2, 0, 3)  # [b, hs, c, hd]
-        rows = torch.arange(c).unsqueeze(1) + (kv_len - c)
-        mask = torch.arange(kv_len).unsqueeze(0) <= rows
         o = F.scaled_dot_product_attention(q_i, kv[0, :, :, :kv_len], kv[1, :, :, :kv_len],
-                                           attn_mask=mask.to(q.device), enable_gqa=True)
+                                           attn_mask=causal_lower_right(c, kv_len),
+                                           enable_gqa=True)
         outputs.append(o.permute(2, 0, 1, 3))
     return torch.cat(outputs).reshape(s, b, hs * hd)
 

@@ -1,6 +1,6 @@
 """Weight ownership: shard r of every linear weight lives on rank r, cut as Megatron TP cuts it.
 
-A `TSPLinear` only owns its shard; the layer schedules (attention broadcast, MLP ring, vocab
+A `ShardedWeight` only owns its shard; the layer schedules (attention broadcast, MLP ring, vocab
 ring) move it. Shards carry Megatron's TP attributes so Megatron's DDP, optimizer, grad clipping
 and checkpointing treat them as tensor-parallel. Replicated per-token params (norms) carry
 `sequence_parallel=True` so their gradients are summed over the TSP group.
@@ -20,7 +20,7 @@ from torch import nn
 from megatron_tsp import parallel_state as ps
 
 
-class TSPLinear(nn.Module):
+class ShardedWeight(nn.Module):
     """Owner of shard r of a [out, in] weight (no bias: Qwen3 has none).
 
     partition_dim 0 cuts output rows (column-parallel), 1 cuts input columns (row-parallel).
@@ -39,6 +39,17 @@ class TSPLinear(nn.Module):
         set_tensor_model_parallel_attributes(self.weight, True, partition_dim, 1)
         self.weight.tsp_full_shape = tuple(full)
         self.weight.tsp_swiglu = swiglu
+
+
+class TSPLinear(ShardedWeight):
+    """A sharded linear weight; like Megatron's parallel linears it has an (empty) extra state,
+    so state_dict keys are GPTModel's."""
+
+    def get_extra_state(self):
+        return None
+
+    def set_extra_state(self, state) -> None:
+        """Nothing to restore."""
 
 
 def mark_replicated(param: nn.Parameter) -> nn.Parameter:

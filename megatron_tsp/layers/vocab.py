@@ -15,7 +15,7 @@ from torch import nn
 from megatron_tsp import comm
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import ShardRing
-from megatron_tsp.layers.linear import TSPLinear
+from megatron_tsp.layers.linear import ShardedWeight
 
 
 def _rows_in_shard(ids: torch.Tensor, shard: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ class TSPEmbedding(nn.Module):
 
     def __init__(self, padded_vocab_size: int, hidden_size: int, dtype=torch.float32):
         super().__init__()
-        self.word_embeddings = TSPLinear(padded_vocab_size, hidden_size, 0, dtype=dtype)
+        self.word_embeddings = ShardedWeight(padded_vocab_size, hidden_size, 0, dtype=dtype)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [b, s] -> embeddings [s, b, h] (Megatron's layout)."""

@@ -52,6 +52,17 @@ class TSPTransformerBlock(nn.Module):
         return self.final_layernorm(hidden)
 
 
+class _TiedOutputLayer(nn.Module):
+    """With tied embeddings GPTModel keeps an output_layer without a weight; its (empty) extra
+    state is part of GPTModel's state_dict, so it is part of ours."""
+
+    def get_extra_state(self):
+        return None
+
+    def set_extra_state(self, state) -> None:
+        """Nothing to restore."""
+
+
 class TSPQwen3Model(nn.Module):
     """Qwen3 under TSP. The TSP group (megatron_tsp.parallel_state) must be initialised first."""
 
@@ -61,7 +72,9 @@ class TSPQwen3Model(nn.Module):
         self.padded_vocab_size = config.padded_vocab_size(ps.get_tsp_world_size())
         self.embedding = TSPEmbedding(self.padded_vocab_size, config.hidden_size, dtype)
         self.decoder = TSPTransformerBlock(config, dtype)
-        if not config.tie_word_embeddings:
+        if config.tie_word_embeddings:
+            self.output_layer = _TiedOutputLayer()
+        else:
             self.output_layer = TSPLinear(self.padded_vocab_size, config.hidden_size, 0,
                                           dtype=dtype)
 
@@ -84,6 +97,11 @@ class TSPQwen3Model(nn.Module):
         if labels is None:
             return vocab_logits(hidden, self.output_weight(), cfg.vocab_size).transpose(0, 1)
         return vocab_cross_entropy(hidden, self.output_weight(), labels.t(), cfg.vocab_size).t()
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """GPTModel's sharded_state_dict at tensor-parallel size D, holding this model's shards."""
+        from megatron_tsp.checkpoint import tsp_sharded_state_dict
+        return tsp_sharded_state_dict(self, prefix, sharded_offsets, metadata)
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
