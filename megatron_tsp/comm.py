@@ -49,7 +49,7 @@ def wait_all(handles: Sequence) -> None:
 
 def broadcast_from(tensor: torch.Tensor, owner: int, kind: str):
     """Async broadcast of `tensor` (filled on `owner`, a buffer elsewhere); returns the work."""
-    D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
+    p = ps.get_tsp_rank()
     count_bytes(kind, sent=_nbytes(tensor) if p == owner else 0,
                 received=0 if p == owner else _nbytes(tensor))
     return dist.broadcast(tensor, group_src=owner, group=ps.get_tsp_group(), async_op=True)

@@ -1,8 +1,6 @@
 """The TSP model equals plain megatron-core: GPTModel (local spec, TP = 1) with the same weights
 gives the same loss and the same gradient for every parameter as TSP at D = 1 and 2."""
 
-import torch
-
 from megatron_tsp import parallel_state as ps
 from tests.dist import run_distributed
 from tests.tsp_harness import full_batch, tiny_config, train_step

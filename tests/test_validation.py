@@ -1,6 +1,5 @@
 """Every size TSP cannot run is refused before any process-group work, naming the flag."""
 
-import os
 
 import pytest
 

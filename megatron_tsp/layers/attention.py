@@ -126,7 +126,8 @@ class _AttentionSchedule(torch.autograd.Function):
 
 
 class TSPSelfAttention(nn.Module):
-    """Megatron SelfAttention's parameters (linear_qkv, linear_proj, q/k_layernorm), TSP schedule."""
+    """Megatron SelfAttention's parameters (linear_qkv, linear_proj, q/k_layernorm) under the
+    broadcast schedule."""
 
     def __init__(self, config: Qwen3Config, dtype: torch.dtype = torch.float32):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Rotary position embedding (rotate-half, full head dim) at the GLOBAL positions of local tokens."""
+"""Rotary position embedding (rotate-half, full head dim) at the GLOBAL positions of tokens."""
 
 from typing import Tuple
 
