@@ -19,7 +19,11 @@ def tsp_sharded_state_dict(model: torch.nn.Module, prefix: str = "", sharded_off
     params = dict(model.named_parameters())
     dtype = next(iter(params.values())).dtype
     with torch.device("meta"):
-        skeleton = build_mcore_qwen3(model.config, ps.get_tsp_world_size(), params_dtype=dtype)
+        skeleton = build_mcore_qwen3(model.qwen3_config, ps.get_tsp_world_size(),
+                                     params_dtype=dtype, pre_process=model.pre_process,
+                                     post_process=model.post_process,
+                                     pipeline_model_parallel_size=model.config
+                                     .pipeline_model_parallel_size)
     sharded = skeleton.sharded_state_dict(prefix, sharded_offsets, metadata)
     used = set()
     for name, item in sharded.items():

@@ -1,9 +1,10 @@
-"""Let megatron-core 0.19.2 build, run and train a local-spec GPTModel on CPU over gloo.
+"""Let megatron-core 0.19.2 build a local-spec GPTModel and run its forward and backward on CPU.
 
 megatron-core assumes a CUDA device in a few places that a CPU-only model still reaches. Each
-adaptation below is one small function naming the megatron-core place it addresses. They are
-applied only where ``torch.cuda.is_available()`` is False, and never make torch itself lie:
-``torch.cuda`` is left untouched; only the megatron modules listed see a CPU-backed view of it.
+adaptation below is one small function naming the megatron-core place it addresses (training-loop
+adaptations are not here yet). They are applied only where ``torch.cuda.is_available()`` is
+False, and never make torch itself lie: ``torch.cuda`` is left untouched; only the megatron
+modules listed see a CPU-backed view of it.
 """
 
 import copy
@@ -35,7 +36,6 @@ def _cpu_device() -> torch.device:
 _CPU_AS_CUDA = {
     "current_device": _cpu_device,
     "get_rng_state": torch.get_rng_state,
-    "set_rng_state": torch.set_rng_state,
     "manual_seed": torch.manual_seed,
 }
 
@@ -61,7 +61,7 @@ def _new_tensors_on_cpu() -> None:
         core_utils,  # GlobalMemoryBuffer.get_tensor: core attention's matmul buffer, SP gathers
         mappings,  # _gather_along_first_dim, _reduce_scatter_along_first_dim, ...: SP collectives
         layers,  # LinearWithGradAccumulationAndAsyncCommunication.backward: SP input all-gather
-        rotary,  # RotaryEmbedding.forward moves inv_freq to the "GPU" on every first call
+        rotary,  # RotaryEmbedding.forward moves inv_freq from the CPU to the current CUDA device
     ):
         use_cpu_as_cuda(module)
 
@@ -76,7 +76,7 @@ def _rng_tracker_on_cpu_generator() -> None:
 
     use_cpu_as_cuda(tp_random)
     tp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
-    tp_random._set_cuda_rng_state = lambda new_state, *args, **kwargs: torch.set_rng_state(new_state)
+    tp_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     # CudaRNGStatesTracker.fork warns when the CPU state changes inside a fork; on CPU that state
     # is the forked one, so every random op inside the fork (dropout) would warn.
     logging.getLogger(tp_random.__name__).addFilter(
@@ -102,7 +102,8 @@ def _torch_norm_with_sequence_parallel() -> None:
     # when apex is absent) refuses sequence_parallel. A torch norm is per token, so it is exact on
     # a sequence shard; what SP needs is its weight marked `sequence_parallel`, so that
     # finalize_model_grads (_allreduce_non_tensor_model_parallel_grads) sums the partial grads
-    # over the tensor-parallel group, as apex's and TE's norms do.
+    # over the tensor-parallel group, as apex's and TE's norms do (q/k norms included; that
+    # function sums those by name anyway, since their grads are partial over heads).
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     build = WrappedTorchNorm.__new__

@@ -34,7 +34,7 @@ def load_full_state_dict(model: nn.Module, full: Dict[str, torch.Tensor]) -> Non
     for name, param in params.items():
         tensor = full[name]
         if name in _VOCAB_TABLES:
-            tensor = _resize_vocab(tensor, param.tsp_full_shape[0], model.config.vocab_size)
+            tensor = _resize_vocab(tensor, param.tsp_full_shape[0], model.qwen3_config.vocab_size)
         expected = getattr(param, "tsp_full_shape", tuple(param.shape))
         if tuple(tensor.shape) != tuple(expected):
             raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not match the model's "
@@ -49,6 +49,6 @@ def full_state_dict(model: nn.Module, padded_vocab: bool = False) -> Dict[str, t
     for name, param in model.named_parameters():
         tensor = gather_full(param.detach(), param)
         if name in _VOCAB_TABLES and not padded_vocab:
-            tensor = tensor[:model.config.vocab_size]
+            tensor = tensor[:model.qwen3_config.vocab_size]
         out[name] = tensor.clone()
     return out

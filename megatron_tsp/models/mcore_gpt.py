@@ -1,4 +1,4 @@
-"""A Qwen3 decoder as megatron-core's own GPTModel (local spec): the reference TSP is checked against.
+"""A Qwen3 decoder as megatron-core's own GPTModel (local spec): the reference for TSP.
 
 The caller initialises Megatron first (``parallel_state.initialize_model_parallel``).
 """
@@ -14,7 +14,8 @@ from megatron_tsp.models.config import Qwen3Config
 
 def transformer_config_from_qwen3(config: Qwen3Config, tensor_model_parallel_size: int = 1,
                                   sequence_parallel: bool = False,
-                                  params_dtype: torch.dtype = torch.float32) -> TransformerConfig:
+                                  params_dtype: torch.dtype = torch.float32,
+                                  pipeline_model_parallel_size: int = 1) -> TransformerConfig:
     """Megatron's TransformerConfig with Qwen3's numerics and every CUDA-only fusion off."""
     if sequence_parallel and tensor_model_parallel_size == 1:
         raise ValueError("sequence_parallel needs tensor_model_parallel_size > 1")
@@ -37,6 +38,7 @@ def transformer_config_from_qwen3(config: Qwen3Config, tensor_model_parallel_siz
         attention_dropout=0.0,
         init_method_std=config.init_method_std,
         tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
         sequence_parallel=sequence_parallel,
         params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
@@ -55,17 +57,20 @@ def transformer_config_from_qwen3(config: Qwen3Config, tensor_model_parallel_siz
 
 def build_mcore_qwen3(config: Qwen3Config, tensor_model_parallel_size: int = 1,
                       sequence_parallel: bool = False,
-                      params_dtype: torch.dtype = torch.float32) -> GPTModel:
+                      params_dtype: torch.dtype = torch.float32,
+                      pre_process: bool = True, post_process: bool = True,
+                      pipeline_model_parallel_size: int = 1) -> GPTModel:
     """GPTModel with the local (no TE, no apex) layer spec and Qwen3's RoPE and embeddings."""
     transformer_config = transformer_config_from_qwen3(
-        config, tensor_model_parallel_size, sequence_parallel, params_dtype)
+        config, tensor_model_parallel_size, sequence_parallel, params_dtype,
+        pipeline_model_parallel_size)
     return GPTModel(
         config=transformer_config,
         transformer_layer_spec=get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm"),
         vocab_size=config.padded_vocab_size(tensor_model_parallel_size),
         max_sequence_length=config.max_position_embeddings,
-        pre_process=True,
-        post_process=True,
+        pre_process=pre_process,
+        post_process=post_process,
         share_embeddings_and_output_weights=config.tie_word_embeddings,
         position_embedding_type="rope",
         rotary_percent=1.0,

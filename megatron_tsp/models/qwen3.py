@@ -8,10 +8,16 @@ shards as GPTModel at tensor-parallel size D. Inputs are the LOCAL zigzag shard 
 """
 
 import math
+import re
 from typing import Optional
 
 import torch
 from torch import nn
+
+from megatron.core import parallel_state as mpu
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_block import get_num_layers_to_build
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.layers.attention import TSPSelfAttention
@@ -21,9 +27,11 @@ from megatron_tsp.layers.norm import RMSNorm
 from megatron_tsp.layers.rotary import rotary_cos_sin
 from megatron_tsp.layers.vocab import TSPEmbedding, vocab_cross_entropy, vocab_logits
 from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.models.mcore_gpt import transformer_config_from_qwen3
 
 _VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
 _OUTPUT_PROJECTIONS = ("linear_proj.weight", "linear_fc2.weight")
+_LAYER_NAME = re.compile(r"decoder\.layers\.(\d+)\.(.*)")
 
 
 class TSPTransformerLayer(nn.Module):
@@ -40,16 +48,22 @@ class TSPTransformerLayer(nn.Module):
 
 
 class TSPTransformerBlock(nn.Module):
-    def __init__(self, config: Qwen3Config, dtype: torch.dtype):
+    """This pipeline stage's layers (named from 0, like GPTModel's) and, on the last stage, the
+    final norm."""
+
+    def __init__(self, config: Qwen3Config, num_layers: int, post_process: bool,
+                 dtype: torch.dtype):
         super().__init__()
-        self.layers = nn.ModuleList(
-            TSPTransformerLayer(config, dtype) for _ in range(config.num_layers))
-        self.final_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
+        self.layers = nn.ModuleList(TSPTransformerLayer(config, dtype) for _ in range(num_layers))
+        if post_process:
+            self.final_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
 
     def forward(self, hidden, cos, sin):
         for layer in self.layers:
             hidden = layer(hidden, cos, sin)
-        return self.final_layernorm(hidden)
+        if hasattr(self, "final_layernorm"):
+            hidden = self.final_layernorm(hidden)
+        return hidden
 
 
 class _TiedOutputLayer(nn.Module):
@@ -64,24 +78,51 @@ class _TiedOutputLayer(nn.Module):
 
 
 class TSPQwen3Model(nn.Module):
-    """Qwen3 under TSP. The TSP group (megatron_tsp.parallel_state) must be initialised first."""
+    """Qwen3 under TSP. The TSP group (megatron_tsp.parallel_state) must be initialised first.
 
-    def __init__(self, config: Qwen3Config, dtype: torch.dtype = torch.float32):
+    `qwen3_config` is the model shape; `config` is Megatron's TransformerConfig (what Megatron's
+    schedules, DDP and optimizer read), built from the shape when not given. With pipeline
+    parallelism, pre_process / post_process and the stage's layers follow GPTModel.
+    """
+
+    def __init__(self, config: Qwen3Config,
+                 transformer_config: Optional[TransformerConfig] = None,
+                 pre_process: bool = True, post_process: bool = True,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.config = config
-        self.padded_vocab_size = config.padded_vocab_size(ps.get_tsp_world_size())
-        self.embedding = TSPEmbedding(self.padded_vocab_size, config.hidden_size, dtype)
-        self.decoder = TSPTransformerBlock(config, dtype)
-        if config.tie_word_embeddings:
-            self.output_layer = _TiedOutputLayer()
-        else:
-            self.output_layer = TSPLinear(self.padded_vocab_size, config.hidden_size, 0,
-                                          dtype=dtype)
+        D = ps.get_tsp_world_size()
+        self.qwen3_config = config
+        # sequence_parallel tells Megatron's finalize_model_grads to sum the replicated params'
+        # gradients over the TP (here: TSP) group, as TSP shards tokens over that group
+        self.config = transformer_config or transformer_config_from_qwen3(
+            config, D, sequence_parallel=D > 1, params_dtype=dtype,
+            pipeline_model_parallel_size=mpu.get_pipeline_model_parallel_world_size())
+        self.pre_process, self.post_process = pre_process, post_process
+        self.padded_vocab_size = config.padded_vocab_size(D)
+        self.layer_offset = get_transformer_layer_offset(self.config)
+        self._input_tensor = None
+        if pre_process:
+            self.embedding = TSPEmbedding(self.padded_vocab_size, config.hidden_size, dtype)
+        self.decoder = TSPTransformerBlock(config, get_num_layers_to_build(self.config),
+                                           post_process, dtype)
+        if post_process:
+            if config.tie_word_embeddings:
+                self.output_layer = _TiedOutputLayer()
+            else:
+                self.output_layer = TSPLinear(self.padded_vocab_size, config.hidden_size, 0,
+                                              dtype=dtype)
 
     def output_weight(self) -> torch.Tensor:
-        if self.config.tie_word_embeddings:
+        if self.qwen3_config.tie_word_embeddings:
             return self.embedding.word_embeddings.weight
         return self.output_layer.weight
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Megatron's pipeline schedules hand a non-first stage its input here."""
+        if isinstance(input_tensor, (list, tuple)):
+            assert len(input_tensor) == 1
+            input_tensor = input_tensor[0]
+        self._input_tensor = input_tensor
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: Optional[torch.Tensor] = None,
@@ -91,12 +132,22 @@ class TSPQwen3Model(nn.Module):
         signature and must be None: attention is causal by construction."""
         if attention_mask is not None:
             raise ValueError("TSPQwen3Model is causal by construction; pass attention_mask=None")
-        cfg = self.config
+        cfg = self.qwen3_config
         cos, sin = rotary_cos_sin(position_ids, cfg.kv_channels, cfg.rotary_base)
-        hidden = self.decoder(self.embedding(input_ids), cos, sin)
+        hidden = self.embedding(input_ids) if self.pre_process else self._input_tensor
+        hidden = self.decoder(hidden, cos, sin)
+        if not self.post_process:
+            return hidden
         if labels is None:
             return vocab_logits(hidden, self.output_weight(), cfg.vocab_size).transpose(0, 1)
         return vocab_cross_entropy(hidden, self.output_weight(), labels.t(), cfg.vocab_size).t()
+
+    def _global_name(self, name: str) -> str:
+        """decoder.layers.i.* of this stage is layer i + offset of the whole model."""
+        match = _LAYER_NAME.match(name)
+        if not match:
+            return name
+        return f"decoder.layers.{int(match.group(1)) + self.layer_offset}.{match.group(2)}"
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         """GPTModel's sharded_state_dict at tensor-parallel size D, holding this model's shards."""
@@ -110,8 +161,9 @@ class TSPQwen3Model(nn.Module):
         Normal(0, init_method_std); output projections (linear_proj, linear_fc2) use
         std / sqrt(2 * num_layers) like Megatron; norms are ones; padded vocabulary rows zero.
         """
-        cfg, D, p = self.config, ps.get_tsp_world_size(), ps.get_tsp_rank()
-        for name, param in self.named_parameters():
+        cfg, D, p = self.qwen3_config, ps.get_tsp_world_size(), ps.get_tsp_rank()
+        for local_name, param in self.named_parameters():
+            name = self._global_name(local_name)
             if not is_sharded(param):
                 param.fill_(1.0)
                 continue

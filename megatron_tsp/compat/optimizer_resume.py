@@ -1,0 +1,5 @@
+"""Placeholder (being written)."""
+
+
+def apply_optimizer_resume_fix() -> None:
+    pass

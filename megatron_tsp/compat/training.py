@@ -1,0 +1,301 @@
+"""Let Megatron's own training loop (``megatron.training`` of megatron-core 0.19.2) run on CPU.
+
+``apply_training_adaptations()`` is for entry points that call ``megatron.training.pretrain``.
+It applies, once:
+
+- the distributed-optimizer resume fix (``compat/optimizer_resume.py``), on every machine: the
+  bug it fixes is in megatron-core's torch-optimizer path, not in CPU support;
+- on a machine without CUDA only, the CPU adaptations below. Each is a small function naming the
+  megatron place it addresses. Like ``compat/cpu.py`` they never make torch itself lie: the
+  megatron modules listed see a CPU-backed view of ``torch`` (``torch.cuda`` calls answered for
+  the CPU, ``device='cuda'`` in tensor factories read as the CPU); everything else is unchanged.
+
+Flags a CPU run still needs (there is no CUDA kernel to fall back from): ``--distributed-backend
+gloo --transformer-impl local --use-cpu-initialization --no-gradient-accumulation-fusion
+--no-persist-layer-norm --no-masked-softmax-fusion --no-bias-gelu-fusion --no-bias-dropout-fusion``
+and ``CUDA_DEVICE_MAX_CONNECTIONS=1`` in the environment when TP > 1.
+"""
+
+import contextlib
+import functools
+import importlib
+import os
+import resource
+
+import torch
+
+from megatron_tsp.compat.cpu import _ModuleView, use_cpu_as_cuda
+from megatron_tsp.compat.optimizer_resume import apply_optimizer_resume_fix
+
+_applied = False
+
+
+# --- a CPU view of torch for megatron.training modules -----------------------------------------
+
+def _on_cpu(device):
+    """Read a CUDA device ('cuda', 'cuda:0', torch.device('cuda'), an index) as the CPU."""
+    if device is None:
+        return None
+    if isinstance(device, int) or torch.device(device).type == "cuda":
+        return torch.device("cpu")
+    return device
+
+
+def _factory_on_cpu(factory):
+    @functools.wraps(factory)
+    def create(*args, **kwargs):
+        if "device" in kwargs:
+            kwargs["device"] = _on_cpu(kwargs["device"])
+        return factory(*args, **kwargs)
+    return create
+
+
+class _NoStream:
+    """What megatron does with CUDA streams (wait, record, enter) means nothing on the CPU."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def wait_stream(self, stream):
+        pass
+
+    def wait_event(self, event):
+        pass
+
+    def record_event(self, event=None):
+        return event
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+
+def _nothing(*args, **kwargs):
+    return None
+
+
+_CUDA_ON_CPU = {
+    "current_device": lambda: torch.device("cpu"),
+    "get_rng_state": lambda *args, **kwargs: torch.get_rng_state(),
+    "set_rng_state": lambda state, *args, **kwargs: torch.set_rng_state(state),
+    "manual_seed": torch.manual_seed,
+    "synchronize": _nothing,
+    "empty_cache": _nothing,
+    "Stream": _NoStream,
+    "current_stream": lambda *args, **kwargs: _NoStream(),
+    "stream": lambda stream=None: contextlib.nullcontext(),
+}
+
+_FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "empty_like",
+              "zeros_like", "ones_like")
+
+
+def _use_cpu_torch(module_name: str, **cuda_overrides) -> None:
+    """Give ``module_name`` a torch whose ``cuda`` means the CPU (and its factories too)."""
+    module = importlib.import_module(module_name)
+    cuda = _ModuleView(torch.cuda, {**_CUDA_ON_CPU, **cuda_overrides})
+    factories = {name: _factory_on_cpu(getattr(torch, name)) for name in _FACTORIES}
+    module.torch = _ModuleView(torch, {"cuda": cuda, **factories})
+
+
+# --- the adaptations ---------------------------------------------------------------------------
+
+def _initialize_without_cuda() -> None:
+    # megatron/training/training.py pretrain calls initialize_megatron without allow_no_cuda, so
+    # megatron/training/initialize.py initialize_megatron asserts torch.cuda.is_available().
+    import megatron.training.initialize as initialize
+    import megatron.training.training as training
+
+    training.initialize_megatron = functools.partial(initialize.initialize_megatron,
+                                                     allow_no_cuda=True)
+    # initialize.py _initialize_distributed creates the model-parallel groups, and
+    # _set_random_seed seeds the tensor-parallel RNG tracker, only when
+    # torch.cuda.device_count() > 0: on the CPU there is one device, the CPU (set_device is
+    # then a no-op). MoE's aux-loss scale is created on current_device().
+    _use_cpu_torch(initialize.__name__, device_count=lambda: 1, set_device=_nothing)
+
+
+def _no_jit_warmup() -> None:
+    # megatron/training/initialize.py _warmup_jit_function (called by set_jit_fusion_options in
+    # pretrain) runs the bias-gelu/swiglu and bias-dropout-add fusions on torch.rand inputs
+    # created with device="cuda". On the CPU those draws come from the generator that then
+    # initialises the weights, and how many it draws depends on the configuration (e.g. the
+    # sequence-parallel shard length): runs at different parallel layouts would start from
+    # different weights. Nothing needs warming on the CPU (the fusions are off), so skip it.
+    import megatron.training.initialize as initialize
+
+    initialize._warmup_jit_function = _nothing
+
+
+def _prebuilt_dataset_helpers() -> None:
+    # megatron/training/initialize.py _compile_dependencies runs `make` in
+    # megatron/core/datasets (megatron/core/datasets/utils.py compile_helpers) on rank 0 at
+    # every start. The wheel ships the helpers prebuilt; only build them if they do not import.
+    import megatron.core.datasets.utils as dataset_utils
+
+    build = dataset_utils.compile_helpers
+
+    def compile_helpers():
+        try:
+            importlib.import_module("megatron.core.datasets.helpers_cpp")
+        except ImportError:
+            build()
+
+    dataset_utils.compile_helpers = compile_helpers
+
+
+def _no_device_architecture() -> None:
+    # megatron/training/arguments.py validate_args asks get_device_arch_version()
+    # (megatron/training/utils/common_utils.py: torch.cuda.get_device_properties) when TP or
+    # CP > 1; reached through three names. The CPU is no Blackwell (>= 10): answer 0, which
+    # keeps the CUDA_DEVICE_MAX_CONNECTIONS=1 requirement.
+    import megatron.training.arguments as arguments
+    import megatron.training.utils as utils
+    import megatron.training.utils.common_utils as common_utils
+
+    for module in (arguments, utils, common_utils):
+        module.get_device_arch_version = lambda: 0
+
+
+def _model_stays_on_cpu() -> None:
+    # megatron/training/training.py get_model moves each model chunk with
+    # model_module.cuda(torch.cuda.current_device()) (model_provider path), which torch refuses
+    # without CUDA. A MegatronModule built with --use-cpu-initialization is already in place.
+    from megatron.core.transformer.module import MegatronModule
+
+    MegatronModule.cuda = lambda self, device=None, *args, **kwargs: self
+
+
+def _cuda_type_names_for_cpu_tensors(fn):
+    """Run fn while CPU tensors' .type() answers with the CUDA type name megatron checks for."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        own = torch.Tensor.__dict__.get("type")
+        real = torch.Tensor.type
+
+        def type_name(self, dtype=None, non_blocking=False, **kw):
+            name = real(self, dtype, non_blocking, **kw)
+            if dtype is None and not kw and self.device.type == "cpu":
+                return name.replace("torch.", "torch.cuda.", 1)
+            return name
+
+        torch.Tensor.type = type_name
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if own is None:
+                del torch.Tensor.type
+            else:
+                torch.Tensor.type = own
+    return run
+
+
+def _optimizer_accepts_cpu_params() -> None:
+    # megatron/core/optimizer/distrib_optimizer.py DistributedOptimizer.__init__ and
+    # _build_model_and_main_param_groups sort params by param.type() == 'torch.cuda.FloatTensor'
+    # (or Half/BFloat16), raising TypeError for anything else; megatron/core/optimizer/
+    # clip_grads.py clip_grad_by_total_norm_fp32 asserts grad.type() == 'torch.cuda.FloatTensor';
+    # megatron/core/optimizer/optimizer.py Float16OptimizerWithFloat16Params.__init__ (bf16/fp16)
+    # sorts like the distributed optimizer. Let those checks see CPU tensors as their CUDA kind.
+    import megatron.core.optimizer.clip_grads as clip_grads
+    import megatron.core.optimizer.optimizer as optimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    build = DistributedOptimizer._build_model_and_main_param_groups.__func__
+    DistributedOptimizer._build_model_and_main_param_groups = classmethod(
+        _cuda_type_names_for_cpu_tensors(build))
+    DistributedOptimizer.__init__ = _cuda_type_names_for_cpu_tensors(DistributedOptimizer.__init__)
+    optimizer.Float16OptimizerWithFloat16Params.__init__ = _cuda_type_names_for_cpu_tensors(
+        optimizer.Float16OptimizerWithFloat16Params.__init__)
+    clip = _cuda_type_names_for_cpu_tensors(clip_grads.clip_grad_by_total_norm_fp32)
+    clip_grads.clip_grad_by_total_norm_fp32 = clip
+    optimizer.clip_grad_by_total_norm_fp32 = clip
+
+
+def _memory_report_from_rss() -> None:
+    # megatron/training/utils/common_utils.py report_memory (called by training_log in
+    # megatron/training/training.py after the first iterations and around checkpoint saves)
+    # reads torch.cuda.memory_allocated & co., which are 0 on the CPU. Report the process RSS.
+    import megatron.training.training as training
+    from megatron.core import mpu
+    from megatron.core.utils import get_pg_rank
+
+    def report_memory(name, process_group=None):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        with open(f"/proc/{os.getpid()}/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2.0**20
+        rank0 = (get_pg_rank(process_group) if process_group is not None
+                 else mpu.get_data_parallel_rank()) == 0
+        if rank0:
+            print(f"[Rank {torch.distributed.get_rank()}] {name} memory (MB) | rss: {rss:.2f}"
+                  f" | max rss: {peak:.2f}", flush=True)
+
+    training.report_memory = report_memory
+
+
+def _cpu_torch_in_training_modules() -> None:
+    # torch.cuda.* calls and device='cuda' tensors that the CPU run reaches, by module:
+    for module in (
+        # training.py: pretrain (start-time all_reduce), get_model (DDP init stream),
+        # train_step/evaluate/training_log (loss dicts), build_train_valid_test_data_loaders
+        # (do_train flags), checkpoint_and_decide_exit (exit-duration flag), empty_cache.
+        "megatron.training.training",
+        # checkpointing.py: read_metadata (iteration all_reduce), get_rng_state and
+        # load_checkpoint (the "CUDA" RNG state saved and restored: on the CPU, the CPU's).
+        "megatron.training.checkpointing",
+        # utils/common_utils.py: calc_params_l2_norm, reduce_max_stat_across_model_parallel_group,
+        # logical_and_across_model_parallel_group.
+        "megatron.training.utils.common_utils",
+        # core/utils.py local_multi_tensor_l2_norm (grad norm without apex): device="cuda".
+        # (compat/cpu.py gave it a view for current_device only; this one is a superset.)
+        "megatron.core.utils",
+        # core/timers.py: Timer.start/stop(barrier) synchronize; _get_elapsed_time_all_ranks.
+        "megatron.core.timers",
+        # core/rerun_state_machine.py: validate_result and the state it saves with the RNG.
+        "megatron.core.rerun_state_machine",
+        # core/dist_checkpointing/strategies/filesystem_async.py preload_tensors: synchronize
+        # ("Torch not compiled with CUDA enabled" on the first checkpoint save).
+        "megatron.core.dist_checkpointing.strategies.filesystem_async",
+        # ...strategies/state_dict_saver.py save_state_dict_async_finalize / verify_reuse: flags
+        # all_reduced on the current device; strategies/fully_parallel.py (fully parallel save
+        # and load) and strategies/async_utils.py (async save): synchronize and flags.
+        "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+        "megatron.core.dist_checkpointing.strategies.fully_parallel",
+        "megatron.core.dist_checkpointing.strategies.async_utils",
+        "megatron.core.dist_checkpointing.exchange_utils",
+        # core/optimizer: found_inf/_scale_one/flag tensors (optimizer.py), total_norm and
+        # count_zeros buffers (clip_grads.py), gather buffers (distrib_optimizer.py).
+        "megatron.core.optimizer.optimizer",
+        "megatron.core.optimizer.clip_grads",
+        "megatron.core.optimizer.distrib_optimizer",
+        # core/distributed: DDP's communication stream (distributed_data_parallel.py) and the
+        # buffers' stream waits and all-gather buffers (param_and_grad_buffer.py).
+        "megatron.core.distributed.distributed_data_parallel",
+        "megatron.core.distributed.param_and_grad_buffer",
+        # core/pipeline_parallel: total_num_tokens (schedules.py), P2P shape buffers and
+        # synchronize (p2p_communication.py).
+        "megatron.core.pipeline_parallel.schedules",
+        "megatron.core.pipeline_parallel.p2p_communication",
+    ):
+        _use_cpu_torch(module)
+
+
+def apply_training_adaptations() -> None:
+    """Apply the resume fix everywhere and, without CUDA, the CPU adaptations; once."""
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    apply_optimizer_resume_fix()
+    if torch.cuda.is_available():
+        return
+    _initialize_without_cuda()
+    _no_jit_warmup()
+    _prebuilt_dataset_helpers()
+    _no_device_architecture()
+    _model_stays_on_cpu()
+    _optimizer_accepts_cpu_params()
+    _memory_report_from_rss()
+    _cpu_torch_in_training_modules()
