@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Tensor and Sequence Parallelism (TSP) for Megatron-Core LLM pretraining",
     packages=find_packages(include=["megatron_tsp", "megatron_tsp.*"]),
+    package_data={"megatron_tsp": ["data/*.gz", "data/*.md", "data/tokenizer/*"]},
     python_requires=">=3.11",
     # megatron-core==0.19.2 is installed by scripts/setup.sh (it needs --ignore-requires-python
     # on Python 3.11, which a requirement here cannot express).
@@ -19,8 +20,11 @@ setup(
         "regex",
         "pyyaml",
         "pydantic",
+        "transformers>=4.51",
+        "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "transformers>=4.51", "tensorboard"],
+        "test": ["pytest"],
+        "wandb": ["wandb"],
     },
 )
