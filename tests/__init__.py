@@ -1,0 +1,3 @@
+"""Tests of megatron_tsp. Importing the package first applies its megatron-core adaptations."""
+
+import megatron_tsp  # noqa: F401

@@ -10,6 +10,7 @@ modules listed see a CPU-backed view of it.
 import copy
 import logging
 import types
+import warnings
 
 import torch
 
@@ -121,12 +122,20 @@ def _torch_norm_with_sequence_parallel() -> None:
     WrappedTorchNorm.__new__ = staticmethod(new)
 
 
+def _quiet_gpu_extras_warnings() -> None:
+    # megatron/core/optimizer/*.py, fsdp mixed_precision.py, models/backends.py warn at import
+    # that TE/apex are absent; on a CPU machine they never can be, so the warnings are noise.
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    warnings.filterwarnings("ignore", message="Apex is not installed")
+
+
 def apply_cpu_adaptations() -> None:
     """Apply every CPU adaptation once, and only on a machine without CUDA."""
     global _applied
     if _applied or torch.cuda.is_available():
         return
     _applied = True
+    _quiet_gpu_extras_warnings()
     _new_tensors_on_cpu()
     _rng_tracker_on_cpu_generator()
     _causal_mask_on_cpu()

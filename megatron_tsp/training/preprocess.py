@@ -1,0 +1,106 @@
+"""Text -> Megatron indexed dataset (.bin/.idx) with a Hugging Face tokenizer read from disk.
+
+Inputs: JSON lines (`.jsonl`, `.json`, optionally `.gz`; one document per line under a key) or
+plain text (`.txt`, optionally `.gz`; one document per file). Each document is tokenized, the
+end-of-document token appended, and written as one document of Megatron's IndexedDataset, under
+Megatron's naming `<output-prefix>_<json-key>_document.{bin,idx}`.
+"""
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(
+        path, encoding="utf-8")
+
+
+def _format(path: Path) -> str:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    if name.endswith((".jsonl", ".json")):
+        return "json"
+    if name.endswith(".txt"):
+        return "text"
+    raise ValueError(f"--input {path}: unknown format; use .jsonl, .json or .txt (optionally .gz)")
+
+
+def read_documents(paths: Sequence[Path], json_key: str) -> Iterator[str]:
+    for path in paths:
+        with _open_text(path) as f:
+            if _format(path) == "text":
+                yield f.read()
+                continue
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)[json_key]
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise ValueError(f"--input {path} line {line_number}: no JSON object with "
+                                     f"key {json_key!r} ({error})") from None
+
+
+def load_tokenizer(tokenizer_dir: str):
+    """A Hugging Face tokenizer from a local directory; never the hub."""
+    if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file() and not (
+            Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise ValueError(f"--tokenizer-model {tokenizer_dir}: not a tokenizer directory "
+                         "(no tokenizer.json or tokenizer_config.json)")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+
+
+def _write(texts: Iterator[str], tokenizer, bin_path: str, idx_path: str,
+           append_eod: bool) -> int:
+    builder = IndexedDatasetBuilder(bin_path, dtype=DType.optimal_dtype(len(tokenizer)))
+    documents = 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if append_eod:
+            ids.append(tokenizer.eos_token_id)
+        if ids:
+            builder.add_document(torch.tensor(ids, dtype=torch.int64), [len(ids)])
+            documents += 1
+    builder.finalize(idx_path)
+    return documents
+
+
+def output_prefix_for(output_prefix: str, json_key: str) -> str:
+    return f"{output_prefix}_{json_key}_document"
+
+
+def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_dir: str,
+               json_key: str = "text", append_eod: bool = True) -> str:
+    """Write the indexed dataset; returns its path prefix (what --data-path takes)."""
+    paths = [Path(p) for p in inputs]
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"--input {path}: no such file")
+        _format(path)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if append_eod and tokenizer.eos_token_id is None:
+        raise ValueError(f"--tokenizer-model {tokenizer_dir}: has no end-of-document (eos) token")
+    prefix = output_prefix_for(output_prefix, json_key)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    # write under temporary names and rename at the end: an interrupted or failed run leaves no
+    # dataset that looks complete
+    bin_tmp, idx_tmp = prefix + ".bin.tmp", prefix + ".idx.tmp"
+    try:
+        documents = _write(read_documents(paths, json_key), tokenizer, bin_tmp, idx_tmp,
+                           append_eod)
+        if documents == 0:
+            raise ValueError(f"--input {', '.join(map(str, paths))}: no documents found")
+    except BaseException:
+        for tmp in (bin_tmp, idx_tmp):
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    os.replace(bin_tmp, prefix + ".bin")
+    os.replace(idx_tmp, prefix + ".idx")
+    return prefix
