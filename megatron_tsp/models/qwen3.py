@@ -105,17 +105,30 @@ class TSPQwen3Model(nn.Module):
             self.embedding = TSPEmbedding(self.padded_vocab_size, config.hidden_size, dtype)
         self.decoder = TSPTransformerBlock(config, get_num_layers_to_build(self.config),
                                            post_process, dtype)
+        self.share_embeddings_and_output_weights = config.tie_word_embeddings
         if post_process:
-            if config.tie_word_embeddings:
+            if config.tie_word_embeddings and pre_process:
                 self.output_layer = _TiedOutputLayer()
             else:
+                # untied, or tied on a last pipeline stage that lacks the embedding: there, as in
+                # GPTModel, a copy of the table whose gradients Megatron's finalize_model_grads
+                # all-reduces with the first stage's (embedding group)
                 self.output_layer = TSPLinear(self.padded_vocab_size, config.hidden_size, 0,
                                               dtype=dtype)
+                if config.tie_word_embeddings:
+                    self.output_layer.weight.shared = True
+                    self.output_layer.weight.shared_embedding = True
 
     def output_weight(self) -> torch.Tensor:
-        if self.qwen3_config.tie_word_embeddings:
+        if self.share_embeddings_and_output_weights and self.pre_process:
             return self.embedding.word_embeddings.weight
         return self.output_layer.weight
+
+    def shared_embedding_or_output_weight(self) -> torch.Tensor:
+        """The tied table on this stage (Megatron's embedding-group gradient sync calls this)."""
+        if self.pre_process:
+            return self.embedding.word_embeddings.weight
+        return self.output_layer.weight if self.post_process else None
 
     def set_input_tensor(self, input_tensor) -> None:
         """Megatron's pipeline schedules hand a non-first stage its input here."""
@@ -143,7 +156,10 @@ class TSPQwen3Model(nn.Module):
         return vocab_cross_entropy(hidden, self.output_weight(), labels.t(), cfg.vocab_size).t()
 
     def _global_name(self, name: str) -> str:
-        """decoder.layers.i.* of this stage is layer i + offset of the whole model."""
+        """decoder.layers.i.* of this stage is layer i + offset of the whole model; a tied
+        output layer is the embedding table."""
+        if name == "output_layer.weight" and self.share_embeddings_and_output_weights:
+            return "embedding.word_embeddings.weight"
         match = _LAYER_NAME.match(name)
         if not match:
             return name
