@@ -89,17 +89,18 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_dir: str,
     prefix = output_prefix_for(output_prefix, json_key)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     # write under temporary names and rename at the end: an interrupted or failed run leaves no
-    # dataset that looks complete
-    bin_tmp, idx_tmp = prefix + ".bin.tmp", prefix + ".idx.tmp"
+    # dataset that looks complete, and ranks preparing the same dataset never collide
+    tmp = f".tmp{os.getpid()}"
+    bin_tmp, idx_tmp = prefix + ".bin" + tmp, prefix + ".idx" + tmp
     try:
         documents = _write(read_documents(paths, json_key), tokenizer, bin_tmp, idx_tmp,
                            append_eod)
         if documents == 0:
             raise ValueError(f"--input {', '.join(map(str, paths))}: no documents found")
     except BaseException:
-        for tmp in (bin_tmp, idx_tmp):
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        for path in (bin_tmp, idx_tmp):
+            if os.path.exists(path):
+                os.remove(path)
         raise
     os.replace(bin_tmp, prefix + ".bin")
     os.replace(idx_tmp, prefix + ".idx")

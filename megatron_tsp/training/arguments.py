@@ -1,0 +1,179 @@
+"""pretrain_qwen3.py's arguments: Megatron-LM's own flags plus --tsp-size and --model-size.
+
+Megatron's parser reads the command line; then, before any process group or file is touched:
+--model-size fills every shape flag not given explicitly, Qwen3's architecture flags are set,
+CPU-safe defaults are chosen when there is no GPU, the embedded corpus is used when no data flag
+is given, --tsp-size takes Megatron's tensor-parallel slot, and every size is validated with a
+message naming the flag.
+"""
+
+import os
+from pathlib import Path
+from typing import Iterable, Set
+
+import torch
+
+from megatron_tsp.models.config import PRESETS, qwen3_preset
+from megatron_tsp.parallel_state import validate_tsp_config
+
+EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
+
+# flag -> (Megatron dest, Qwen3Config field): the shape --model-size supplies
+_SHAPE_FLAGS = {
+    "--num-layers": ("num_layers", "num_layers"),
+    "--hidden-size": ("hidden_size", "hidden_size"),
+    "--num-attention-heads": ("num_attention_heads", "num_attention_heads"),
+    "--num-query-groups": ("num_query_groups", "num_query_groups"),
+    "--kv-channels": ("kv_channels", "kv_channels"),
+    "--ffn-hidden-size": ("ffn_hidden_size", "ffn_hidden_size"),
+    "--max-position-embeddings": ("max_position_embeddings", "max_position_embeddings"),
+    "--norm-epsilon": ("layernorm_epsilon", "norm_epsilon"),
+    "--rotary-base": ("rotary_base", "rotary_base"),
+    "--init-method-std": ("init_method_std", "init_method_std"),
+}
+# what makes a Megatron GPT a Qwen3: always set
+_QWEN3_ARCHITECTURE = dict(qk_layernorm=True, swiglu=True, normalization="RMSNorm",
+                           add_bias_linear=False, add_qkv_bias=False, group_query_attention=True,
+                           position_embedding_type="rope", rotary_percent=1.0)
+# flag -> (dest, value) defaults that differ from Megatron's
+_QWEN3_DEFAULTS = {"--attention-dropout": ("attention_dropout", 0.0),
+                   "--hidden-dropout": ("hidden_dropout", 0.0)}
+# flag -> (dest, value): megatron-core's fused CUDA paths do not exist on CPU
+_CPU_DEFAULTS = {
+    "--distributed-backend": ("distributed_backend", "gloo"),
+    "--transformer-impl": ("transformer_impl", "local"),
+    "--use-cpu-initialization": ("use_cpu_initialization", True),
+    "--no-gradient-accumulation-fusion": ("gradient_accumulation_fusion", False),
+    "--no-persist-layer-norm": ("no_persist_layer_norm", True),
+    "--no-masked-softmax-fusion": ("masked_softmax_fusion", False),
+    "--no-bias-gelu-fusion": ("bias_gelu_fusion", False),
+    "--no-bias-swiglu-fusion": ("bias_swiglu_fusion", False),
+    "--no-bias-dropout-fusion": ("bias_dropout_fusion", False),
+    "--no-rope-fusion": ("apply_rope_fusion", False),
+}
+_DATA_FLAGS = ("--mock-data", "--data-path", "--train-data-path", "--data-args-path",
+               "--per-split-data-args-path")
+
+
+def add_tsp_arguments(parser):
+    """Megatron's extra_args_provider: the flags TSP adds."""
+    group = parser.add_argument_group("TSP")
+    group.add_argument("--tsp-size", type=int, default=1,
+                       help="D: ranks of one TSP group; each keeps 1/D of every weight and of "
+                            "every sequence (takes Megatron's tensor-parallel slot)")
+    group.add_argument("--model-size", choices=sorted(PRESETS), default="tiny",
+                       help="Qwen3 shape; every shape flag given explicitly overrides it")
+    return parser
+
+
+def explicit_flags(argv: Iterable[str]) -> Set[str]:
+    return {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+
+
+def _reject_replaced_parallelism(args) -> None:
+    if args.tsp_size < 1:
+        raise ValueError(f"--tsp-size must be >= 1, got {args.tsp_size}")
+    if args.tsp_size == 1:
+        return
+    if args.tensor_model_parallel_size != 1:
+        raise ValueError("--tensor-model-parallel-size cannot be combined with --tsp-size > 1: "
+                         "the TSP group takes the tensor-parallel slot")
+    if args.context_parallel_size != 1:
+        raise ValueError("--context-parallel-size cannot be combined with --tsp-size > 1: "
+                         "TSP already shards the sequence")
+    if args.sequence_parallel:
+        raise ValueError("--sequence-parallel cannot be combined with --tsp-size > 1: "
+                         "TSP already shards the sequence")
+
+
+def _apply_shape(args, explicit: Set[str]) -> None:
+    preset = qwen3_preset(args.model_size)
+    for flag, (dest, field) in _SHAPE_FLAGS.items():
+        if flag not in explicit:
+            setattr(args, dest, getattr(preset, field))
+    if "--untie-embeddings-and-output-weights" not in explicit:
+        args.untie_embeddings_and_output_weights = not preset.tie_word_embeddings
+    for dest, value in _QWEN3_ARCHITECTURE.items():
+        setattr(args, dest, value)
+    for flag, (dest, value) in _QWEN3_DEFAULTS.items():
+        if flag not in explicit:
+            setattr(args, dest, value)
+    if args.seq_length is None:
+        args.seq_length = 256 if args.model_size == "tiny" else 4096
+    if "--vocab-size" not in explicit and args.vocab_size is None:
+        args.vocab_size = preset.vocab_size
+
+
+def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
+    if torch.cuda.is_available():
+        return
+    for flag, (dest, value) in _CPU_DEFAULTS.items():
+        if flag not in explicit:
+            setattr(args, dest, value)
+
+
+def _apply_data_defaults(args, explicit: Set[str]) -> None:
+    """No data flag: the embedded corpus and tokenizer. --mock-data without a tokenizer: Megatron's
+    NullTokenizer over the model's vocabulary."""
+    if not explicit & set(_DATA_FLAGS):
+        args.data_path = [str(embedded_dataset_prefix())]
+        args.tokenizer_type = args.tokenizer_type or "HuggingFaceTokenizer"
+        args.tokenizer_model = args.tokenizer_model or str(EMBEDDED_DATA / "tokenizer")
+        args.split = args.split or "98,2,0"
+    elif args.mock_data and args.tokenizer_type is None:
+        args.tokenizer_type = "NullTokenizer"
+
+
+def _check_data_paths(args) -> None:
+    if args.tokenizer_model is not None and not Path(args.tokenizer_model).exists():
+        raise ValueError(f"--tokenizer-model {args.tokenizer_model}: no such file or directory")
+    if args.mock_data or args.data_path == [str(embedded_dataset_prefix())]:
+        return
+    for flag in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+        for entry in getattr(args, flag, None) or []:
+            try:
+                float(entry)  # blend weights stand between the paths
+                continue
+            except ValueError:
+                pass
+            for suffix in (".bin", ".idx"):
+                if not Path(entry + suffix).is_file():
+                    raise ValueError(f"--{flag.replace('_', '-')} {entry}: {entry + suffix} "
+                                     "does not exist")
+
+
+def embedded_dataset_prefix() -> Path:
+    """Where the embedded corpus is tokenized to (built on first use by prepare_embedded_data)."""
+    cache = Path(os.environ.get("MEGATRON_TSP_CACHE", Path.home() / ".cache" / "megatron_tsp"))
+    return cache / "shakespeare_tragedies_text_document"
+
+
+def qwen3_config_from_args(args, vocab_size: int):
+    """The model shape Megatron's args describe (after prepare_args)."""
+    from megatron_tsp.models.config import Qwen3Config
+    return Qwen3Config(
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+        kv_channels=args.kv_channels, ffn_hidden_size=args.ffn_hidden_size,
+        vocab_size=vocab_size,
+        tie_word_embeddings=not args.untie_embeddings_and_output_weights,
+        norm_epsilon=args.layernorm_epsilon, rotary_base=float(args.rotary_base),
+        max_position_embeddings=args.max_position_embeddings,
+        init_method_std=args.init_method_std,
+        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
+
+
+def prepare_args(args, argv: Iterable[str]) -> None:
+    """Turn parsed Megatron args into a TSP Qwen3 run; raise ValueError naming the flag for any
+    combination that cannot run. Touches no process group and no file."""
+    explicit = explicit_flags(argv)
+    _reject_replaced_parallelism(args)
+    _apply_shape(args, explicit)
+    _apply_cpu_defaults(args, explicit)
+    _apply_data_defaults(args, explicit)
+    _check_data_paths(args)
+    args.tensor_model_parallel_size = args.tsp_size
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    validate_tsp_config(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
+                        args.tsp_size, seq_length=args.seq_length, world_size=world_size,
+                        pipeline_size=args.pipeline_model_parallel_size)

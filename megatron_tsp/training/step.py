@@ -1,0 +1,86 @@
+"""Forward step and loss for Megatron's training loop, and the TSP model provider.
+
+The loss equals a single device's on the same batch: each rank sums its local token losses and
+counts, the pair is summed over the TSP group, and each rank backpropagates its local sum over
+the global count (Megatron's schedule divides by the count it is handed).
+"""
+
+import dataclasses
+import resource
+import time
+from functools import partial
+
+import torch
+from megatron.training import get_args, get_timers, get_tokenizer
+from megatron.training.argument_utils import core_transformer_config_from_args
+
+from megatron_tsp import comm
+from megatron_tsp import parallel_state as ps
+from megatron_tsp.models.qwen3 import TSPQwen3Model
+from megatron_tsp.training.arguments import qwen3_config_from_args
+from megatron_tsp.training.data import get_local_batch
+
+
+def model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
+                   pg_collection=None):
+    """The TSP Qwen3 model of this pipeline stage, initialised from --seed whatever D is."""
+    args = get_args()
+    config = config or core_transformer_config_from_args(args)
+    # Megatron's finalize_model_grads sums the replicated params' gradients over the TP (= TSP)
+    # group only when sequence_parallel is set; TSP shards tokens over that group.
+    config = dataclasses.replace(config, sequence_parallel=args.tsp_size > 1)
+    model = TSPQwen3Model(qwen3_config_from_args(args, get_tokenizer().vocab_size), config,
+                          pre_process=pre_process, post_process=post_process,
+                          dtype=config.params_dtype)
+    model.init_weights(args.seed)
+    return model
+
+
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """(local loss sum, global token count, {'lm loss': [global sum, global count]})."""
+    losses = output_tensor.float().reshape(-1)
+    loss_mask = loss_mask.float().reshape(-1)
+    local_sum = torch.sum(losses * loss_mask)
+    totals = torch.stack([local_sum.detach(), loss_mask.sum()])
+    comm.all_reduce_sum(totals, "loss")
+    num_tokens = totals[1].to(torch.int)
+    return local_sum, num_tokens, {"lm loss": totals}
+
+
+class _ThroughputReport:
+    """tokens/s of this data-parallel replica and this rank's peak memory, every log interval."""
+
+    def __init__(self):
+        self.micro_batches, self.start = 0, None
+
+    def step(self) -> None:
+        args = get_args()
+        self.start = self.start or time.perf_counter()
+        self.micro_batches += 1
+        per_iteration = args.global_batch_size // (args.micro_batch_size * args.data_parallel_size)
+        if self.micro_batches % (per_iteration * args.log_interval):
+            return
+        elapsed = time.perf_counter() - self.start
+        tokens = self.micro_batches * args.micro_batch_size * args.seq_length \
+            * args.data_parallel_size
+        if torch.cuda.is_available():
+            peak = torch.cuda.max_memory_allocated() / 2 ** 20
+        else:  # ru_maxrss: the process's peak resident set, in KiB on Linux
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if torch.distributed.get_rank() < ps.get_tsp_world_size():
+            print(f" [tsp rank {ps.get_tsp_rank()}] tokens/s: {tokens / elapsed:.1f} | "
+                  f"peak memory: {peak:.1f} MiB", flush=True)
+
+
+_report = _ThroughputReport()
+
+
+def forward_step(data_iterator, model):
+    timers = get_timers()
+    timers("batch-generator", log_level=2).start()
+    tokens, labels, loss_mask, positions = get_local_batch(
+        data_iterator, getattr(model, "vp_stage", None))
+    timers("batch-generator").stop()
+    _report.step()
+    output = model(tokens, positions, None, labels=labels)
+    return output, partial(loss_func, loss_mask)

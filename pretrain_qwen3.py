@@ -1,0 +1,52 @@
+"""Pretrain a Qwen3 dense model with Tensor and Sequence Parallelism through Megatron's loop.
+
+    torchrun --nproc-per-node 2 pretrain_qwen3.py --tsp-size 2            # CPU: the embedded demo
+    torchrun --nproc-per-node 8 pretrain_qwen3.py --tsp-size 8 --model-size 8b --seq-length 131072 \
+        --bf16 --data-path ... --tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR ...
+
+Megatron-LM's flags keep their names and meaning; --tsp-size D and --model-size are added. The
+`__main__` guard matters: Megatron's checkpoint writer starts a spawn-mode process that
+re-imports this file.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+
+import megatron_tsp  # noqa: E402,F401  (megatron-core adaptations before any megatron import)
+from megatron_tsp.compat.training import apply_training_adaptations  # noqa: E402
+
+apply_training_adaptations()
+
+from megatron.core.enums import ModelType  # noqa: E402
+from megatron.training import pretrain  # noqa: E402
+from megatron.training.argument_utils import pretrain_cfg_container_from_args  # noqa: E402
+from megatron.training.arguments import parse_args, validate_args  # noqa: E402
+from megatron.training.global_vars import set_global_variables  # noqa: E402
+
+from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args  # noqa: E402
+from megatron_tsp.training.data import (  # noqa: E402
+    prepare_embedded_data, train_valid_test_datasets_provider)
+from megatron_tsp.training.step import forward_step, model_provider  # noqa: E402
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    sys.argv[1:] = argv
+    args = parse_args(add_tsp_arguments)
+    try:
+        prepare_args(args, argv)
+    except ValueError as error:
+        print(f"pretrain_qwen3.py: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    prepare_embedded_data(args)
+    validate_args(args, {})
+    set_global_variables(args)
+    config = pretrain_cfg_container_from_args(args, None)
+    pretrain(config, train_valid_test_datasets_provider, ModelType.encoder_or_decoder,
+             forward_step, model_provider=model_provider)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""pretrain_qwen3.py refuses what TSP cannot run, at once and by flag name, touching nothing."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parse(argv):
+    from megatron.training.arguments import parse_args
+    saved = sys.argv
+    sys.argv = ["pretrain_qwen3.py", *argv]
+    try:
+        return parse_args(add_tsp_arguments)
+    finally:
+        sys.argv = saved
+
+
+def _prepared(argv):
+    args = _parse(argv)
+    prepare_args(args, argv)
+    return args
+
+
+def test_model_size_fills_shape_and_explicit_flags_win(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    args = _prepared(["--model-size", "8b", "--tsp-size", "8", "--num-layers", "4",
+                      "--seq-length", "131072", "--max-position-embeddings", "131072",
+                      "--mock-data"])
+    assert (args.hidden_size, args.num_attention_heads, args.num_query_groups,
+            args.kv_channels, args.ffn_hidden_size) == (4096, 32, 8, 128, 12288)
+    assert args.num_layers == 4
+    assert args.untie_embeddings_and_output_weights
+    assert args.tensor_model_parallel_size == 8
+    assert args.qk_layernorm and args.swiglu and args.normalization == "RMSNorm"
+    assert args.rotary_base == 1_000_000 and args.layernorm_epsilon == 1e-6
+
+
+def test_no_data_flag_means_the_embedded_corpus(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = _prepared(["--tsp-size", "2"])
+    assert args.tokenizer_type == "HuggingFaceTokenizer"
+    assert Path(args.tokenizer_model, "tokenizer.json").is_file()
+    assert args.data_path[0].endswith("shakespeare_tragedies_text_document")
+
+
+@pytest.mark.parametrize("argv, world, flag", [
+    (["--tsp-size", "3", "--num-attention-heads", "4", "--num-query-groups", "4",
+      "--mock-data"], "3", "--num-attention-heads"),
+    (["--tsp-size", "2", "--seq-length", "66", "--mock-data"], "2", "--seq-length"),
+    (["--tsp-size", "2", "--mock-data"], "3", "world size"),
+    (["--tsp-size", "2", "--sequence-parallel", "--mock-data"], "2", "--sequence-parallel"),
+    (["--tsp-size", "2", "--tensor-model-parallel-size", "2", "--mock-data"], "4",
+     "--tensor-model-parallel-size"),
+    (["--tsp-size", "2", "--context-parallel-size", "2", "--mock-data"], "4",
+     "--context-parallel-size"),
+    (["--tsp-size", "2", "--data-path", "/nonexistent/corpus"], "2", "--data-path"),
+    (["--tsp-size", "2", "--mock-data", "--tokenizer-type", "HuggingFaceTokenizer",
+      "--tokenizer-model", "/nonexistent/tok"], "2", "--tokenizer-model"),
+])
+def test_invalid_combinations_name_the_flag(monkeypatch, argv, world, flag):
+    monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(ValueError, match=flag):
+        _prepared(argv)
+
+
+def _digest(directory: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        h.update(str(path.relative_to(directory)).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("argv, world, flag", [
+    (["--tsp-size", "3", "--num-attention-heads", "4", "--num-query-groups", "4"], "3",
+     "--num-attention-heads"),
+    (["--tsp-size", "2", "--seq-length", "66"], "2", "--seq-length"),
+    (["--tsp-size", "2"], "3", "world size"),
+    (["--tsp-size", "2", "--sequence-parallel"], "2", "--sequence-parallel"),
+    (["--tsp-size", "2", "--data-path", "/nonexistent/corpus"], "2", "--data-path"),
+])
+def test_entry_point_exits_fast_and_leaves_checkpoint_untouched(tmp_path, argv, world, flag):
+    checkpoint = tmp_path / "ckpt"
+    (checkpoint / "iter_0000003").mkdir(parents=True)
+    (checkpoint / "latest_checkpointed_iteration.txt").write_text("3")
+    (checkpoint / "iter_0000003" / "common.pt").write_bytes(b"weights")
+    before = _digest(checkpoint)
+    env = dict(os.environ, WORLD_SIZE=world, RANK="0", LOCAL_RANK="0")
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "pretrain_qwen3.py"), *argv, "--save", str(checkpoint),
+         "--load", str(checkpoint), "--micro-batch-size", "1", "--train-iters", "2",
+         "--lr", "1e-3"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 30
+    assert flag in result.stderr, result.stderr[-2000:]
+    assert _digest(checkpoint) == before
