@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from megatron.core import parallel_state as mpu
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
@@ -77,7 +79,7 @@ class _TiedOutputLayer(nn.Module):
         """Nothing to restore."""
 
 
-class TSPQwen3Model(nn.Module):
+class TSPQwen3Model(MegatronModule):
     """Qwen3 under TSP. The TSP group (megatron_tsp.parallel_state) must be initialised first.
 
     `qwen3_config` is the model shape; `config` is Megatron's TransformerConfig (what Megatron's
@@ -88,15 +90,17 @@ class TSPQwen3Model(nn.Module):
     def __init__(self, config: Qwen3Config,
                  transformer_config: Optional[TransformerConfig] = None,
                  pre_process: bool = True, post_process: bool = True,
-                 dtype: torch.dtype = torch.float32):
-        super().__init__()
+                 dtype: torch.dtype = torch.float32,
+                 pg_collection: Optional[ProcessGroupCollection] = None):
         D = ps.get_tsp_world_size()
-        self.qwen3_config = config
         # sequence_parallel tells Megatron's finalize_model_grads to sum the replicated params'
         # gradients over the TP (here: TSP) group, as TSP shards tokens over that group
-        self.config = transformer_config or transformer_config_from_qwen3(
+        super().__init__(config=transformer_config or transformer_config_from_qwen3(
             config, D, sequence_parallel=D > 1, params_dtype=dtype,
-            pipeline_model_parallel_size=mpu.get_pipeline_model_parallel_world_size())
+            pipeline_model_parallel_size=mpu.get_pipeline_model_parallel_world_size()))
+        self.qwen3_config = config
+        # Megatron's training loop reads the model's process groups (TP here is the TSP group)
+        self.pg_collection = pg_collection or ProcessGroupCollection.use_mpu_process_groups()
         self.pre_process, self.post_process = pre_process, post_process
         self.padded_vocab_size = config.padded_vocab_size(D)
         self.layer_offset = get_transformer_layer_offset(self.config)

@@ -100,6 +100,8 @@ def _apply_shape(args, explicit: Set[str]) -> None:
             setattr(args, dest, value)
     if args.seq_length is None:
         args.seq_length = 256 if args.model_size == "tiny" else 4096
+    if args.eval_interval is None:  # Megatron-LM's long-standing default, which 0.19 dropped
+        args.eval_interval = 1000
     if "--vocab-size" not in explicit and args.vocab_size is None:
         args.vocab_size = preset.vocab_size
 

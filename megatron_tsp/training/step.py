@@ -31,7 +31,7 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     config = dataclasses.replace(config, sequence_parallel=args.tsp_size > 1)
     model = TSPQwen3Model(qwen3_config_from_args(args, get_tokenizer().vocab_size), config,
                           pre_process=pre_process, post_process=post_process,
-                          dtype=config.params_dtype)
+                          dtype=config.params_dtype, pg_collection=pg_collection)
     model.init_weights(args.seed)
     return model
 
