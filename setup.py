@@ -22,9 +22,9 @@ setup(
         "pydantic",
         "transformers>=4.51",
         "tensorboard",
+        "wandb",
     ],
     extras_require={
         "test": ["pytest"],
-        "wandb": ["wandb"],
     },
 )

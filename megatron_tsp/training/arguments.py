@@ -175,6 +175,9 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     _apply_data_defaults(args, explicit)
     _check_data_paths(args)
     args.tensor_model_parallel_size = args.tsp_size
+    # Megatron's default distributed-optimizer checkpoint reshards over data parallel only; TSP
+    # users change --tsp-size with their cluster, so the state is saved fully reshardable
+    args.dist_ckpt_optim_fully_reshardable = True
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate_tsp_config(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
                         args.tsp_size, seq_length=args.seq_length, world_size=world_size,

@@ -48,28 +48,30 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 
 class _ThroughputReport:
-    """tokens/s of this data-parallel replica and this rank's peak memory, every log interval."""
+    """tokens/s of this data-parallel replica over the last log interval, and this rank's peak
+    memory (GPU: max allocated; CPU: peak resident set). Printed by the first TSP group."""
 
     def __init__(self):
-        self.micro_batches, self.start = 0, None
+        self.micro_batches, self.last = 0, None
 
     def step(self) -> None:
         args = get_args()
-        self.start = self.start or time.perf_counter()
+        self.last = self.last or time.perf_counter()
         self.micro_batches += 1
         per_iteration = args.global_batch_size // (args.micro_batch_size * args.data_parallel_size)
-        if self.micro_batches % (per_iteration * args.log_interval):
+        interval = per_iteration * args.log_interval
+        if self.micro_batches % interval:
             return
-        elapsed = time.perf_counter() - self.start
-        tokens = self.micro_batches * args.micro_batch_size * args.seq_length \
-            * args.data_parallel_size
+        now = time.perf_counter()
+        tokens = interval * args.micro_batch_size * args.seq_length * args.data_parallel_size
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2 ** 20
-        else:  # ru_maxrss: the process's peak resident set, in KiB on Linux
+        else:  # ru_maxrss is in KiB on Linux
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if torch.distributed.get_rank() < ps.get_tsp_world_size():
-            print(f" [tsp rank {ps.get_tsp_rank()}] tokens/s: {tokens / elapsed:.1f} | "
+            print(f" [tsp rank {ps.get_tsp_rank()}] tokens/s: {tokens / (now - self.last):.1f} | "
                   f"peak memory: {peak:.1f} MiB", flush=True)
+        self.last = now
 
 
 _report = _ThroughputReport()

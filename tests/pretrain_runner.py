@@ -1,0 +1,43 @@
+"""Run pretrain_qwen3.py for real under torchrun and read Megatron's iteration log."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_ITERATION = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: ([0-9.Ee+-]+)")
+
+# tiny Qwen3 on deterministic mock data: the same tokens at every --tsp-size
+MOCK_RUN = ["--mock-data", "--model-size", "tiny", "--seq-length", "64", "--micro-batch-size", "2",
+            "--global-batch-size", "4", "--lr", "1e-3", "--log-interval", "1", "--eval-iters", "0",
+            "--seed", "1234"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_pretrain(nproc: int, args, cache_dir, timeout: float = 300, env=None):
+    """(returncode, {iteration: lm loss}, combined output) of one torchrun job."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(_free_port()), str(ROOT / "pretrain_qwen3.py"),
+               *map(str, args)]
+    environment = dict(os.environ, MEGATRON_TSP_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
+                       **(env or {}))
+    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
+                            timeout=timeout)
+    output = result.stdout + result.stderr
+    losses = {int(i): float(loss) for i, loss in _ITERATION.findall(output)}
+    return result.returncode, losses, output
+
+
+def losses_of(nproc: int, args, cache_dir, **kwargs):
+    code, losses, output = run_pretrain(nproc, args, cache_dir, **kwargs)
+    assert code == 0, output[-5000:]
+    assert losses, output[-5000:]
+    return losses

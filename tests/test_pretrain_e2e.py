@@ -1,0 +1,67 @@
+"""pretrain_qwen3.py end to end under torchrun on CPU (gloo): the loss is the single-device loss at
+every layout, resume is exact, the embedded default run learns, logs are written."""
+
+import pytest
+
+from tests.pretrain_runner import MOCK_RUN, losses_of, run_pretrain
+
+pytestmark = pytest.mark.slow
+ITERS = ["--train-iters", "5"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def single_device(cache):
+    return losses_of(1, MOCK_RUN + ITERS + ["--tsp-size", "1"], cache)
+
+
+def _assert_same_losses(losses, reference, iterations, rtol=1e-5):
+    assert set(iterations) <= losses.keys(), losses
+    for i in iterations:
+        assert abs(losses[i] - reference[i]) <= rtol * abs(reference[i]), (i, losses, reference)
+
+
+@pytest.mark.parametrize("nproc, layout", [
+    (2, ["--tsp-size", "2"]),
+    (4, ["--tsp-size", "4"]),
+    (4, ["--tsp-size", "2"]),  # data parallel 2 x tsp 2
+    (4, ["--tsp-size", "2", "--use-distributed-optimizer"]),
+    (4, ["--tsp-size", "2", "--pipeline-model-parallel-size", "2"]),
+], ids=["tsp2", "tsp4", "dp2-tsp2", "dp2-tsp2-distopt", "pp2-tsp2"])
+def test_loss_equals_single_device_at_every_layout(cache, single_device, nproc, layout):
+    losses = losses_of(nproc, MOCK_RUN + ITERS + layout, cache)
+    _assert_same_losses(losses, single_device, range(1, 6))
+
+
+def test_resume_is_exact_and_reshards_to_another_tsp_size(cache, tmp_path):
+    run = MOCK_RUN + ["--train-iters", "6", "--use-distributed-optimizer"]
+    straight = losses_of(2, run + ["--tsp-size", "2"], cache)
+    checkpoint = tmp_path / "ckpt"
+    first_leg = losses_of(2, run + ["--tsp-size", "2", "--save", checkpoint, "--save-interval",
+                                    "3", "--exit-interval", "3"], cache)
+    assert max(first_leg) == 3
+    assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    resumed = losses_of(2, run + ["--tsp-size", "2", "--load", checkpoint], cache)
+    assert min(resumed) == 4
+    _assert_same_losses(resumed, straight, [4, 5, 6], rtol=1e-6)
+    resharded = losses_of(4, run + ["--tsp-size", "4", "--load", checkpoint], cache)
+    _assert_same_losses(resharded, straight, [4, 5, 6])
+
+
+def test_embedded_default_run_learns_and_writes_logs(cache, tmp_path):
+    tensorboard, wandb = tmp_path / "tb", tmp_path / "wandb"
+    code, losses, output = run_pretrain(
+        2, ["--tsp-size", "2", "--train-iters", "50", "--micro-batch-size", "2",
+            "--global-batch-size", "4", "--seq-length", "128", "--lr", "3e-3",
+            "--lr-warmup-iters", "5", "--log-interval", "5", "--eval-iters", "0",
+            "--tensorboard-dir", tensorboard, "--wandb-project", "tsp-test",
+            "--wandb-save-dir", wandb], cache, env={"WANDB_MODE": "offline"})
+    assert code == 0, output[-5000:]
+    assert losses[50] < losses[5] - 1.0, losses
+    assert "tokens/s" in output and "peak memory" in output
+    assert list(tensorboard.glob("events.out.tfevents.*"))
+    assert list(wandb.rglob("offline-run-*")), sorted(p.name for p in wandb.rglob("*"))[:20]
