@@ -62,6 +62,6 @@ def test_embedded_default_run_learns_and_writes_logs(cache, tmp_path):
             "--wandb-save-dir", wandb], cache, env={"WANDB_MODE": "offline"})
     assert code == 0, output[-5000:]
     assert losses[50] < losses[5] - 1.0, losses
-    assert "tokens/s" in output and "peak memory" in output
+    assert "tokens/s" in output and "peak memory per TSP rank" in output
     assert list(tensorboard.glob("events.out.tfevents.*"))
     assert list(wandb.rglob("offline-run-*")), sorted(p.name for p in wandb.rglob("*"))[:20]

@@ -51,6 +51,19 @@ _CPU_DEFAULTS = {
     "--no-bias-dropout-fusion": ("bias_dropout_fusion", False),
     "--no-rope-fusion": ("apply_rope_fusion", False),
 }
+# flag -> (dest, value): the embedded demo runs with no other flag at all
+_DEMO_DEFAULTS = {
+    "--micro-batch-size": ("micro_batch_size", 4),
+    "--global-batch-size": ("global_batch_size", 8),
+    "--train-iters": ("train_iters", 200),
+    "--lr": ("lr", 3e-3),
+    "--min-lr": ("min_lr", 3e-4),
+    "--lr-decay-style": ("lr_decay_style", "cosine"),
+    "--lr-warmup-iters": ("lr_warmup_iters", 10),
+    "--log-interval": ("log_interval", 10),
+    "--eval-interval": ("eval_interval", 100),
+    "--eval-iters": ("eval_iters", 4),
+}
 _DATA_FLAGS = ("--mock-data", "--data-path", "--train-data-path", "--data-args-path",
                "--per-split-data-args-path")
 
@@ -115,9 +128,12 @@ def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
 
 
 def _apply_data_defaults(args, explicit: Set[str]) -> None:
-    """No data flag: the embedded corpus and tokenizer. --mock-data without a tokenizer: Megatron's
-    NullTokenizer over the model's vocabulary."""
+    """No data flag: the embedded corpus and tokenizer, and training defaults for a first run.
+    --mock-data without a tokenizer: Megatron's NullTokenizer over the model's vocabulary."""
     if not explicit & set(_DATA_FLAGS):
+        for flag, (dest, value) in _DEMO_DEFAULTS.items():
+            if flag not in explicit and "--train-samples" not in explicit:
+                setattr(args, dest, value)
         args.data_path = [str(embedded_dataset_prefix())]
         args.tokenizer_type = args.tokenizer_type or "HuggingFaceTokenizer"
         args.tokenizer_model = args.tokenizer_model or str(EMBEDDED_DATA / "tokenizer")

@@ -48,8 +48,8 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 
 class _ThroughputReport:
-    """tokens/s of this data-parallel replica over the last log interval, and this rank's peak
-    memory (GPU: max allocated; CPU: peak resident set). Printed by the first TSP group."""
+    """tokens/s of the whole job over the last log interval, and the peak memory of each rank of
+    the first TSP group (GPU: max allocated; CPU: peak resident set), printed by rank 0."""
 
     def __init__(self):
         self.micro_batches, self.last = 0, None
@@ -68,9 +68,12 @@ class _ThroughputReport:
             peak = torch.cuda.max_memory_allocated() / 2 ** 20
         else:  # ru_maxrss is in KiB on Linux
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if torch.distributed.get_rank() < ps.get_tsp_world_size():
-            print(f" [tsp rank {ps.get_tsp_rank()}] tokens/s: {tokens / (now - self.last):.1f} | "
-                  f"peak memory: {peak:.1f} MiB", flush=True)
+        # every rank of a TSP group runs its forward steps in lockstep, so gathering here is safe
+        peaks = [None] * ps.get_tsp_world_size()
+        torch.distributed.all_gather_object(peaks, peak, group=ps.get_tsp_group())
+        if torch.distributed.get_rank() == 0:
+            print(f" tokens/s: {tokens / (now - self.last):.1f} | peak memory per TSP rank "
+                  f"(MiB): {', '.join(f'{p:.1f}' for p in peaks)}", flush=True)
         self.last = now
 
 
