@@ -4,7 +4,7 @@ A full state dict is what GPTModel (local spec) holds at tensor-parallel size 1.
 tables may have any padding: rows past the real vocabulary are dropped or zero-filled.
 """
 
-from typing import Dict
+from typing import Dict, Iterable, Tuple
 
 import torch
 from torch import nn
@@ -22,24 +22,33 @@ def _resize_vocab(table: torch.Tensor, rows: int, vocab_size: int) -> torch.Tens
 
 
 @torch.no_grad()
-def load_full_state_dict(model: nn.Module, full: Dict[str, torch.Tensor]) -> None:
-    """Copy this rank's shard of every full tensor into the model; every parameter must be given
-    and nothing else."""
+def load_full_tensors(model: nn.Module, tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+    """Copy this rank's shard of each (name, full tensor) into the model, one at a time, so only
+    one full tensor is held at once; every parameter must be given exactly once."""
     params = dict(model.named_parameters())
-    missing, unexpected = params.keys() - full.keys(), full.keys() - params.keys()
-    if missing or unexpected:
-        raise ValueError(f"full state dict does not match the model: missing {sorted(missing)}, "
-                         f"unexpected {sorted(unexpected)}")
     D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
-    for name, param in params.items():
-        tensor = full[name]
+    loaded = set()
+    for name, tensor in tensors:
+        if name not in params or name in loaded:
+            raise ValueError(f"full weights do not match the model: unexpected or repeated {name}")
+        param = params[name]
         if name in _VOCAB_TABLES:
-            tensor = _resize_vocab(tensor, param.tsp_full_shape[0], model.qwen3_config.vocab_size)
+            tensor = _resize_vocab(tensor, param.tsp_full_shape[0],
+                                   model.qwen3_config.vocab_size)
         expected = getattr(param, "tsp_full_shape", tuple(param.shape))
         if tuple(tensor.shape) != tuple(expected):
             raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not match the model's "
                              f"{tuple(expected)}")
         param.copy_(shard_of(tensor, param, p, D))
+        loaded.add(name)
+    if loaded != params.keys():
+        raise ValueError(f"full weights do not match the model: missing "
+                         f"{sorted(params.keys() - loaded)}")
+
+
+def load_full_state_dict(model: nn.Module, full: Dict[str, torch.Tensor]) -> None:
+    """Copy this rank's shard of every full tensor into the model (see load_full_tensors)."""
+    load_full_tensors(model, full.items())
 
 
 @torch.no_grad()

@@ -1,0 +1,175 @@
+"""Hugging Face Qwen3 <-> Megatron torch_dist checkpoints, streamed one tensor at a time.
+
+import-hf writes a *release* checkpoint through Megatron's own save_checkpoint, so
+`pretrain_qwen3.py --load DIR` starts from it at iteration 0 (no optimizer or RNG state) at any
+--tsp-size, and plain Megatron-Core loads it at any tensor-parallel size: the layout is GPTModel's.
+export-hf reads a checkpoint (any iteration, saved at any size) at D = 1 and writes sharded
+safetensors that transformers loads offline. Peak memory is one copy of the model plus one
+tensor (import) or one output shard (export).
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from megatron_tsp import parallel_state as ps
+from megatron_tsp.conversion.hf_io import (
+    HFCheckpointReader, copy_tokenizer_files, write_hf_checkpoint)
+from megatron_tsp.conversion.hf_qwen3 import (
+    hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf)
+from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.models.full_weights import load_full_tensors
+from megatron_tsp.models.qwen3 import TSPQwen3Model
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def _log(message: str) -> None:
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(message, flush=True)
+
+
+def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save: str):
+    """Megatron's global args for a model of this shape (save_checkpoint reads them)."""
+    from megatron.training.arguments import parse_args, validate_args
+    from megatron.training.global_vars import set_global_variables
+    from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args
+    argv = ["--num-layers", config.num_layers, "--hidden-size", config.hidden_size,
+            "--num-attention-heads", config.num_attention_heads,
+            "--num-query-groups", config.num_query_groups, "--kv-channels", config.kv_channels,
+            "--ffn-hidden-size", config.ffn_hidden_size,
+            "--max-position-embeddings", config.max_position_embeddings,
+            "--norm-epsilon", config.norm_epsilon, "--rotary-base", int(config.rotary_base),
+            "--seq-length", 2 * tsp_size, "--tsp-size", tsp_size, "--mock-data",
+            "--vocab-size", config.vocab_size, "--micro-batch-size", 1, "--train-iters", 1,
+            "--lr", 0.0, "--save", save, "--save-interval", 1, "--no-save-optim",
+            "--no-save-rng"]
+    if not config.tie_word_embeddings:
+        argv.append("--untie-embeddings-and-output-weights")
+    if dtype != torch.float32:
+        argv.append("--bf16" if dtype == torch.bfloat16 else "--fp16")
+    argv = [str(a) for a in argv]
+    saved, sys.argv = sys.argv, ["convert_checkpoint.py", *argv]
+    try:
+        args = parse_args(add_tsp_arguments)
+    finally:
+        sys.argv = saved
+    prepare_args(args, argv)
+    validate_args(args, {})
+    set_global_variables(args, build_tokenizer=False)
+    args.tsp_vocab_size = config.vocab_size
+    return args
+
+
+def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
+              verify: bool = False) -> None:
+    from megatron.training.checkpointing import save_checkpoint
+    reader = HFCheckpointReader(hf_path)
+    config = qwen3_config_from_hf(reader.config, str(Path(hf_path) / "config.json"))
+    torch_dtype = DTYPES[dtype]
+    _megatron_args(config, tsp_size, torch_dtype, save)
+    ps.initialize_tsp(tsp_size)
+    model = TSPQwen3Model(config, dtype=torch_dtype)
+    total = 3 + 8 * config.num_layers + (0 if config.tie_word_embeddings else 1)
+
+    def tensors():
+        for count, (name, tensor) in enumerate(hf_to_megatron(reader.get, config), 1):
+            _log(f"  [{count}/{total}] {name} {tuple(tensor.shape)}")
+            yield name, tensor.to(torch_dtype)
+
+    _log(f"importing {hf_path} (Qwen3, {config.num_layers} layers, hidden "
+         f"{config.hidden_size}) at --tsp-size {tsp_size}")
+    load_full_tensors(model, tensors())
+    save_checkpoint(0, [model], None, None, 0, release=True)
+    if torch.distributed.get_rank() == 0:
+        copy_tokenizer_files(Path(hf_path), Path(save) / "tokenizer")
+    torch.distributed.barrier()
+    _log(f"saved a release checkpoint in {save}: pretrain_qwen3.py --load {save}")
+    if verify:
+        report_logit_difference(load_model(save), hf_path)
+
+
+def checkpoint_dir(load: str) -> Path:
+    """The iteration (or release) directory that latest_checkpointed_iteration.txt names."""
+    tracker = Path(load) / "latest_checkpointed_iteration.txt"
+    if not tracker.is_file():
+        raise ValueError(f"--load {load}: no latest_checkpointed_iteration.txt")
+    tag = tracker.read_text().strip()
+    directory = Path(load) / ("release" if tag == "release" else f"iter_{int(tag):07d}")
+    if not directory.is_dir():
+        raise ValueError(f"--load {load}: {tracker} names {directory}, which does not exist")
+    return directory
+
+
+def checkpoint_args(load: str):
+    """The Megatron args a checkpoint was saved with (no process group needed)."""
+    from megatron.core import dist_checkpointing
+    return dist_checkpointing.load_common_state_dict(str(checkpoint_dir(load)))["args"]
+
+
+def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
+    """A TSP model (current TSP group, initialised here at D = 1 if needed) from a checkpoint."""
+    from megatron.core import dist_checkpointing
+    from megatron_tsp.training.arguments import qwen3_config_from_args
+    args = checkpoint_args(load)
+    config = qwen3_config_from_args(args, getattr(args, "tsp_vocab_size", args.padded_vocab_size))
+    if not torch.distributed.is_initialized():
+        ps.initialize_tsp(tsp_size or 1)
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    model = TSPQwen3Model(config, dtype=dtype)
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()},
+                                     str(checkpoint_dir(load)))
+    # like Megatron's load_checkpoint: empty extra states are not in every sharded_state_dict
+    missing, unexpected = model.load_state_dict(loaded["model"], strict=False)
+    assert not unexpected and all(k.endswith("_extra_state") for k in missing), missing
+    return model
+
+
+def export_hf(load: str, hf_path: str, dtype: str = "bf16", verify: bool = False,
+              max_shard_bytes: int = 5 * 2 ** 30) -> None:
+    model = load_model(load)
+    config, torch_dtype = model.qwen3_config, DTYPES[dtype]
+    params = dict(model.named_parameters())
+    total = len(params) - (1 if "output_layer.weight" in params else 0)
+
+    def tensors():
+        for count, (name, tensor) in enumerate(
+                megatron_to_hf(lambda n: params[n].detach(), config), 1):
+            _log(f"  [{count}/{total + (0 if config.tie_word_embeddings else 1)}] {name}")
+            yield name, tensor.to(torch_dtype)
+
+    tokenizer = Path(load) / "tokenizer"
+    if not tokenizer.is_dir():
+        tokenizer = Path(checkpoint_args(load).tokenizer_model or "")
+    _log(f"exporting {load} to {hf_path} ({dtype})")
+    write_hf_checkpoint(hf_path, hf_config_from_qwen3(config, _DTYPE_NAMES[torch_dtype]),
+                        tensors(), max_shard_bytes,
+                        tokenizer if tokenizer.is_dir() else None)
+    _log(f"wrote {hf_path}: transformers.AutoModelForCausalLM.from_pretrained({hf_path!r})")
+    if verify:
+        report_logit_difference(model, hf_path)
+
+
+@torch.no_grad()
+def report_logit_difference(model: TSPQwen3Model, hf_path: str, sequences: int = 2,
+                            seed: int = 0) -> float:
+    """Largest |logit difference| between the TSP model and transformers on random tokens."""
+    from transformers import AutoModelForCausalLM
+    from megatron_tsp.layout import gather_to_full, scatter_to_local
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf = AutoModelForCausalLM.from_pretrained(hf_path, dtype=torch.float32).eval()
+    config, D = model.qwen3_config, ps.get_tsp_world_size()
+    length = 16 * D
+    tokens = torch.randint(0, config.vocab_size, (sequences, length),
+                           generator=torch.Generator().manual_seed(seed))
+    positions = torch.arange(length).expand(sequences, length)
+    local = model.float()(scatter_to_local(tokens, 1), scatter_to_local(positions, 1))
+    ours = gather_to_full(local, dim=1)[..., :config.vocab_size]
+    difference = (ours - hf(input_ids=tokens).logits).abs().max().item()
+    _log(f"verify: largest logit difference over {sequences} random sequences of {length} "
+         f"tokens: {difference:.3e}")
+    return difference
