@@ -1,4 +1,5 @@
-"""The TSP model's `sharded_state_dict`: exactly GPTModel's at tensor-parallel size D.
+"""Checkpoints: the TSP model's `sharded_state_dict` (exactly GPTModel's at tensor-parallel size
+D), and where a Megatron checkpoint directory keeps its latest iteration and arguments.
 
 Rather than restating Megatron's checkpoint rules (stacked layer keys, the local spec's norm
 renames, the SwiGLU factory that stores fc1 TP-invariantly, vocab padding, replica ids), a
@@ -6,6 +7,8 @@ GPTModel of the same shape is built on the meta device, asked for its sharded_st
 this model's parameters are put in place of the skeleton's. Shards are interchangeable because
 the TSP shards are GPTModel's TP shards (see layers/linear.py).
 """
+
+from pathlib import Path
 
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedStateDict
@@ -36,3 +39,28 @@ def tsp_sharded_state_dict(model: torch.nn.Module, prefix: str = "", sharded_off
         used.add(param_name)
     assert used == params.keys(), sorted(params.keys() - used)
     return sharded
+
+
+def checkpoint_dir(load: str) -> Path:
+    """The iteration (or release) directory that latest_checkpointed_iteration.txt names."""
+    tracker = Path(load) / "latest_checkpointed_iteration.txt"
+    if not tracker.is_file():
+        raise ValueError(f"--load {load}: no latest_checkpointed_iteration.txt")
+    tag = tracker.read_text().strip()
+    if tag != "release" and not tag.isdigit():
+        raise ValueError(f"--load {load}: {tracker} holds {tag!r}, not an iteration")
+    directory = Path(load) / ("release" if tag == "release" else f"iter_{int(tag):07d}")
+    if not directory.is_dir():
+        raise ValueError(f"--load {load}: {tracker} names {directory}, which does not exist")
+    return directory
+
+
+def checkpoint_args(load: str):
+    """The Megatron args a checkpoint was saved with (no process group needed)."""
+    from megatron.core import dist_checkpointing
+    directory = checkpoint_dir(load)
+    try:
+        return dist_checkpointing.load_common_state_dict(str(directory))["args"]
+    except Exception as error:  # any unreadable metadata is the file's fault, reported as such
+        raise ValueError(f"--load {load}: cannot read the checkpoint metadata in {directory} "
+                         f"({type(error).__name__}: {error})") from None

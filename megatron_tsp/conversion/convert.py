@@ -17,11 +17,12 @@ import torch
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.conversion.hf_io import (
-    HFCheckpointReader, copy_tokenizer_files, write_hf_checkpoint)
+    HFCheckpointReader, copy_tokenizer_files, read_hf_config, write_hf_checkpoint)
 from megatron_tsp.conversion.hf_qwen3 import (
     hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf)
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.models.full_weights import load_full_tensors
+from megatron_tsp.checkpoint import checkpoint_args, checkpoint_dir
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -68,8 +69,8 @@ def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save:
 def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
               verify: bool = False) -> None:
     from megatron.training.checkpointing import save_checkpoint
+    config = qwen3_config_from_hf(read_hf_config(hf_path), str(Path(hf_path) / "config.json"))
     reader = HFCheckpointReader(hf_path)
-    config = qwen3_config_from_hf(reader.config, str(Path(hf_path) / "config.json"))
     torch_dtype = DTYPES[dtype]
     _megatron_args(config, tsp_size, torch_dtype, save)
     ps.initialize_tsp(tsp_size)
@@ -91,24 +92,6 @@ def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
     _log(f"saved a release checkpoint in {save}: pretrain_qwen3.py --load {save}")
     if verify:
         report_logit_difference(load_model(save), hf_path)
-
-
-def checkpoint_dir(load: str) -> Path:
-    """The iteration (or release) directory that latest_checkpointed_iteration.txt names."""
-    tracker = Path(load) / "latest_checkpointed_iteration.txt"
-    if not tracker.is_file():
-        raise ValueError(f"--load {load}: no latest_checkpointed_iteration.txt")
-    tag = tracker.read_text().strip()
-    directory = Path(load) / ("release" if tag == "release" else f"iter_{int(tag):07d}")
-    if not directory.is_dir():
-        raise ValueError(f"--load {load}: {tracker} names {directory}, which does not exist")
-    return directory
-
-
-def checkpoint_args(load: str):
-    """The Megatron args a checkpoint was saved with (no process group needed)."""
-    from megatron.core import dist_checkpointing
-    return dist_checkpointing.load_common_state_dict(str(checkpoint_dir(load)))["args"]
 
 
 def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:

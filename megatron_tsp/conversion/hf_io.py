@@ -56,14 +56,18 @@ def check_safetensors_file(path: Path) -> None:
                          f"{8 + header_size + data_end})")
 
 
+def read_hf_config(directory: str) -> dict:
+    if not Path(directory).is_dir():
+        raise ValueError(f"--hf-path {directory}: not a directory")
+    return _read_json(Path(directory) / CONFIG)
+
+
 class HFCheckpointReader:
     """Lazy access to the tensors of a Hugging Face directory."""
 
     def __init__(self, directory: str):
         self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise ValueError(f"--hf-path {directory}: not a directory")
-        self.config = _read_json(self.directory / CONFIG)
+        self.config = read_hf_config(directory)
         if (self.directory / INDEX).is_file():
             weight_map = _read_json(self.directory / INDEX).get("weight_map")
             if not isinstance(weight_map, dict):

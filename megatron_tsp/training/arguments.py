@@ -64,6 +64,9 @@ _DEMO_DEFAULTS = {
     "--eval-interval": ("eval_interval", 100),
     "--eval-iters": ("eval_iters", 4),
 }
+# shape flags that are numerics, not sizes: a checkpoint may be trained on with other values
+_ARCHITECTURE_NUMERICS = ("--norm-epsilon", "--rotary-base", "--init-method-std",
+                          "--max-position-embeddings")
 _DATA_FLAGS = ("--mock-data", "--data-path", "--train-data-path", "--data-args-path",
                "--per-split-data-args-path")
 
@@ -160,6 +163,25 @@ def _check_data_paths(args) -> None:
                                      "does not exist")
 
 
+def _check_checkpoint_shape(args) -> None:
+    """A checkpoint to resume must have the shape the arguments describe."""
+    if not args.load or not (Path(args.load) / "latest_checkpointed_iteration.txt").is_file():
+        return
+    from megatron_tsp.checkpoint import checkpoint_args
+    saved = checkpoint_args(args.load)
+    for flag, (dest, _) in _SHAPE_FLAGS.items():
+        if flag in _ARCHITECTURE_NUMERICS:
+            continue
+        ours, theirs = getattr(args, dest), getattr(saved, dest, None)
+        if theirs is not None and theirs != ours:
+            raise ValueError(f"{flag}: the checkpoint in --load {args.load} has {theirs}, the "
+                             f"arguments give {ours}")
+    if saved.untie_embeddings_and_output_weights != args.untie_embeddings_and_output_weights:
+        raise ValueError(f"--untie-embeddings-and-output-weights: the checkpoint in --load "
+                         f"{args.load} has {saved.untie_embeddings_and_output_weights}, the "
+                         f"arguments give {args.untie_embeddings_and_output_weights}")
+
+
 def embedded_dataset_prefix() -> Path:
     """Where the embedded corpus is tokenized to (built on first use by prepare_embedded_data)."""
     cache = Path(os.environ.get("MEGATRON_TSP_CACHE", Path.home() / ".cache" / "megatron_tsp"))
@@ -198,3 +220,4 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     validate_tsp_config(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
                         args.tsp_size, seq_length=args.seq_length, world_size=world_size,
                         pipeline_size=args.pipeline_model_parallel_size)
+    _check_checkpoint_shape(args)

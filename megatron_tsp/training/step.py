@@ -9,12 +9,14 @@ import dataclasses
 import resource
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 from megatron.training import get_args, get_timers, get_tokenizer
 from megatron.training.argument_utils import core_transformer_config_from_args
 
 from megatron_tsp import comm
+from megatron_tsp.checkpoint import checkpoint_args
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 from megatron_tsp.training.arguments import qwen3_config_from_args
@@ -29,11 +31,27 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     # Megatron's finalize_model_grads sums the replicated params' gradients over the TP (= TSP)
     # group only when sequence_parallel is set; TSP shards tokens over that group.
     config = dataclasses.replace(config, sequence_parallel=args.tsp_size > 1)
-    model = TSPQwen3Model(qwen3_config_from_args(args, get_tokenizer().vocab_size), config,
+    vocab_size = get_tokenizer().vocab_size
+    _check_checkpoint_vocabulary(args, vocab_size)
+    args.tsp_vocab_size = vocab_size  # saved with the checkpoint: the unpadded vocabulary
+    model = TSPQwen3Model(qwen3_config_from_args(args, vocab_size), config,
                           pre_process=pre_process, post_process=post_process,
                           dtype=config.params_dtype, pg_collection=pg_collection)
     model.init_weights(args.seed)
     return model
+
+
+def _check_checkpoint_vocabulary(args, vocab_size: int) -> None:
+    """Megatron loads vocabulary tables across paddings, so a different tokenizer would load
+    silently: refuse it."""
+    if not args.load or args.finetune:
+        return
+    if not (Path(args.load) / "latest_checkpointed_iteration.txt").is_file():
+        return
+    saved = getattr(checkpoint_args(args.load), "tsp_vocab_size", None)
+    if saved is not None and saved != vocab_size:
+        raise ValueError(f"--load {args.load}: the checkpoint's vocabulary has {saved} entries, "
+                         f"the tokenizer has {vocab_size}")
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
