@@ -15,10 +15,6 @@ import sys
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 
 import megatron_tsp  # noqa: E402,F401  (megatron-core adaptations before any megatron import)
-from megatron_tsp.compat.training import apply_training_adaptations  # noqa: E402
-
-apply_training_adaptations()
-
 from megatron.core.enums import ModelType  # noqa: E402
 from megatron.training import pretrain  # noqa: E402
 from megatron.training.argument_utils import pretrain_cfg_container_from_args  # noqa: E402

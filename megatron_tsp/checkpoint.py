@@ -64,3 +64,19 @@ def checkpoint_args(load: str):
     except Exception as error:  # any unreadable metadata is the file's fault, reported as such
         raise ValueError(f"--load {load}: cannot read the checkpoint metadata in {directory} "
                          f"({type(error).__name__}: {error})") from None
+
+
+def load_model_weights(model: torch.nn.Module, directory: str, nested_key: str = "model") -> None:
+    """Load a torch_dist checkpoint directory into the model, at whatever layout it was saved.
+
+    nested_key is where the model's entries sit (Megatron's save_checkpoint nests them under
+    "model"; None for a bare model save). Empty extra states are allowed to be absent, as
+    Megatron's load_checkpoint allows: not every sharded_state_dict carries them.
+    """
+    from megatron.core import dist_checkpointing
+    request = model.sharded_state_dict()
+    loaded = dist_checkpointing.load({nested_key: request} if nested_key else request, directory)
+    missing, unexpected = model.load_state_dict(loaded[nested_key] if nested_key else loaded,
+                                                strict=False)
+    assert not unexpected and all(k.endswith("_extra_state") for k in missing), missing
+

@@ -16,10 +16,6 @@ os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import megatron_tsp  # noqa: E402,F401  (megatron-core adaptations first)
-from megatron_tsp.compat.training import apply_training_adaptations  # noqa: E402
-
-apply_training_adaptations()
-
 from megatron_tsp.conversion.convert import DTYPES, export_hf, import_hf  # noqa: E402
 
 

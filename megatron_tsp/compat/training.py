@@ -24,7 +24,7 @@ import resource
 
 import torch
 
-from megatron_tsp.compat.cpu import _ModuleView, use_cpu_as_cuda
+from megatron_tsp.compat.cpu import _CPU_AS_CUDA, _ModuleView
 from megatron_tsp.compat.optimizer_resume import apply_optimizer_resume_fix
 
 _applied = False
@@ -50,34 +50,22 @@ def _factory_on_cpu(factory):
     return create
 
 
+def _nothing(*args, **kwargs):
+    return None
+
+
 class _NoStream:
     """What megatron does with CUDA streams (wait, record, enter) means nothing on the CPU."""
 
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def wait_stream(self, stream):
-        pass
-
-    def wait_event(self, event):
-        pass
-
-    def record_event(self, event=None):
-        return event
-
-    def synchronize(self):
-        pass
+    __init__ = wait_stream = wait_event = record_event = synchronize = _nothing
 
     def query(self):
         return True
 
 
-def _nothing(*args, **kwargs):
-    return None
-
-
+# compat/cpu.py's CPU view of torch.cuda (current_device, RNG), and what the training loop adds.
 _CUDA_ON_CPU = {
-    "current_device": lambda: torch.device("cpu"),
+    **_CPU_AS_CUDA,
     "get_rng_state": lambda *args, **kwargs: torch.get_rng_state(),
     "set_rng_state": lambda state, *args, **kwargs: torch.set_rng_state(state),
     "manual_seed": torch.manual_seed,
@@ -160,36 +148,59 @@ def _no_device_architecture() -> None:
 
 
 def _model_stays_on_cpu() -> None:
-    # megatron/training/training.py get_model moves each model chunk with
-    # model_module.cuda(torch.cuda.current_device()) (model_provider path), which torch refuses
-    # without CUDA. A MegatronModule built with --use-cpu-initialization is already in place.
+    # megatron/training/training.py get_model (model_provider path) and
+    # megatron/training/models/dist_utils.py (model-config path) move each model chunk with
+    # model_module.cuda(torch.cuda.current_device()), which torch refuses without CUDA. A
+    # MegatronModule built with --use-cpu-initialization is already where it belongs.
     from megatron.core.transformer.module import MegatronModule
 
     MegatronModule.cuda = lambda self, device=None, *args, **kwargs: self
 
 
-def _cuda_type_names_for_cpu_tensors(fn):
-    """Run fn while CPU tensors' .type() answers with the CUDA type name megatron checks for."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        own = torch.Tensor.__dict__.get("type")
-        real = torch.Tensor.type
+_tensor_method_depth = {}
 
-        def type_name(self, dtype=None, non_blocking=False, **kw):
-            name = real(self, dtype, non_blocking, **kw)
-            if dtype is None and not kw and self.device.type == "cpu":
-                return name.replace("torch.", "torch.cuda.", 1)
-            return name
 
-        torch.Tensor.type = type_name
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if own is None:
-                del torch.Tensor.type
-            else:
-                torch.Tensor.type = own
-    return run
+def _with_tensor_method(name, make_method):
+    """Decorator: while fn runs (re-entrantly), torch.Tensor.<name> is make_method(real)."""
+    real = getattr(torch.Tensor, name)
+    replacement = make_method(real)
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            depth = _tensor_method_depth.get(name, 0)
+            if depth == 0:
+                setattr(torch.Tensor, name, replacement)
+            _tensor_method_depth[name] = depth + 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _tensor_method_depth[name] -= 1
+                if _tensor_method_depth[name] == 0:
+                    delattr(torch.Tensor, name)  # back to the torch._C.TensorBase method
+        return run
+    return decorate
+
+
+def _cuda_type_name(real):
+    def type_(self, dtype=None, non_blocking=False, **kwargs):
+        name = real(self, dtype, non_blocking, **kwargs)
+        if dtype is None and not kwargs and self.device.type == "cpu":
+            return name.replace("torch.", "torch.cuda.", 1)
+        return name
+    return type_
+
+
+def _cuda_stays_on_cpu(real):
+    def cuda(self, device=None, non_blocking=False, **kwargs):
+        return self if self.device.type == "cpu" else real(self, device, non_blocking, **kwargs)
+    return cuda
+
+
+# CPU tensors' .type() answers with the CUDA type name megatron checks for.
+_cuda_type_names_for_cpu_tensors = _with_tensor_method("type", _cuda_type_name)
+# A CPU tensor's .cuda() is the tensor itself (as a CUDA tensor's is on a GPU).
+_tensor_cuda_on_cpu = _with_tensor_method("cuda", _cuda_stays_on_cpu)
 
 
 def _optimizer_accepts_cpu_params() -> None:
@@ -212,6 +223,57 @@ def _optimizer_accepts_cpu_params() -> None:
     clip = _cuda_type_names_for_cpu_tensors(clip_grads.clip_grad_by_total_norm_fp32)
     clip_grads.clip_grad_by_total_norm_fp32 = clip
     optimizer.clip_grad_by_total_norm_fp32 = clip
+
+
+def _tied_embeddings_across_stages_on_cpu() -> None:
+    # megatron/core/models/common/language_module/language_module.py
+    # LanguageModule.setup_embeddings_and_output_layer: with pipeline parallelism and tied
+    # embeddings, the first and last stages all_reduce the shared weight after
+    # `weight.data = weight.data.cuda()`.
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    LanguageModule.setup_embeddings_and_output_layer = _tensor_cuda_on_cpu(
+        LanguageModule.setup_embeddings_and_output_layer)
+
+
+def _optimizer_state_gathers_on_cpu() -> None:
+    # megatron/core/optimizer/distrib_optimizer.py get_parameter_state_dp_zero (the fully
+    # reshardable optimizer checkpoint, --dist-ckpt-optim-fully-reshardable) gathers with
+    # use_gloo_comm=False by moving the shards to the GPU (send_tensor.cuda()). On the CPU the
+    # gloo path is the one that fits: same gather, on the gloo data-parallel group, CPU tensors.
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    gather = DistributedOptimizer.get_parameter_state_dp_zero
+
+    @functools.wraps(gather)
+    def get_parameter_state_dp_zero(self, *args, **kwargs):
+        if getattr(self, "data_parallel_group_gloo", None) is not None:
+            kwargs["use_gloo_comm"] = True
+            args = args[1:] if args else args  # use_gloo_comm is the first positional
+        return gather(self, *args, **kwargs)
+
+    DistributedOptimizer.get_parameter_state_dp_zero = get_parameter_state_dp_zero
+
+
+def _data_loaders_with_own_generator() -> None:
+    # megatron/training/datasets/data_samplers.py build_pretraining_data_loader builds torch
+    # DataLoaders without a generator, so every iterator they start (at start-up, on resume, at
+    # each new pass of an evaluation set) draws its base seed from the default CPU generator.
+    # On the CPU that generator is also the device generator dropout draws from: a resumed run
+    # would make one more draw than the uninterrupted one did and its dropout masks differ from
+    # there on. Give each loader its own generator (the seeds only matter to loader workers).
+    import megatron.training.training as training
+
+    build = training.build_pretraining_data_loader
+
+    @functools.wraps(build)
+    def build_pretraining_data_loader(*args, **kwargs):
+        loader = build(*args, **kwargs)
+        if loader is not None and loader.generator is None:
+            loader.generator = torch.Generator().manual_seed(training.get_args().seed)
+        return loader
+
+    training.build_pretraining_data_loader = build_pretraining_data_loader
 
 
 def _memory_report_from_rss() -> None:
@@ -242,6 +304,8 @@ def _cpu_torch_in_training_modules() -> None:
         # train_step/evaluate/training_log (loss dicts), build_train_valid_test_data_loaders
         # (do_train flags), checkpoint_and_decide_exit (exit-duration flag), empty_cache.
         "megatron.training.training",
+        # models/dist_utils.py (model-config path, cfg.model set): the DDP init stream.
+        "megatron.training.models.dist_utils",
         # checkpointing.py: read_metadata (iteration all_reduce), get_rng_state and
         # load_checkpoint (the "CUDA" RNG state saved and restored: on the CPU, the CPU's).
         "megatron.training.checkpointing",
@@ -282,6 +346,28 @@ def _cpu_torch_in_training_modules() -> None:
         _use_cpu_torch(module)
 
 
+def _first_logged_iteration_resets_its_interval() -> None:
+    # megatron/training/training.py training_log: the first iteration of a run (is_first_iteration)
+    # is printed but its loss accumulators are not reset, so that the first --log-interval
+    # window still covers all its iterations. When that first iteration closes a window itself
+    # (always with --log-interval 1), the next window then averages two iterations: the line
+    # logged for iteration start+2 shows the mean of start+1 and start+2, and a resumed run logs
+    # other values than an uninterrupted one. Treat such an iteration as the normal end of a
+    # window. Not CPU-specific; only what is printed (and sent to TensorBoard) changes.
+    import megatron.training.training as training
+
+    log = training.training_log
+
+    @functools.wraps(log)
+    def training_log(*args, **kwargs):
+        iteration = kwargs["iteration"] if "iteration" in kwargs else args[3]
+        if kwargs.get("is_first_iteration") and iteration % training.get_args().log_interval == 0:
+            kwargs["is_first_iteration"] = False
+        return log(*args, **kwargs)
+
+    training.training_log = training_log
+
+
 def apply_training_adaptations() -> None:
     """Apply the resume fix everywhere and, without CUDA, the CPU adaptations; once."""
     global _applied
@@ -289,6 +375,7 @@ def apply_training_adaptations() -> None:
         return
     _applied = True
     apply_optimizer_resume_fix()
+    _first_logged_iteration_resets_its_interval()
     if torch.cuda.is_available():
         return
     _initialize_without_cuda()
@@ -297,5 +384,8 @@ def apply_training_adaptations() -> None:
     _no_device_architecture()
     _model_stays_on_cpu()
     _optimizer_accepts_cpu_params()
+    _optimizer_state_gathers_on_cpu()
+    _tied_embeddings_across_stages_on_cpu()
+    _data_loaders_with_own_generator()
     _memory_report_from_rss()
     _cpu_torch_in_training_modules()

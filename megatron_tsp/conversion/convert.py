@@ -22,7 +22,7 @@ from megatron_tsp.conversion.hf_qwen3 import (
     hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf)
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.models.full_weights import load_full_tensors
-from megatron_tsp.checkpoint import checkpoint_args, checkpoint_dir
+from megatron_tsp.checkpoint import checkpoint_args, checkpoint_dir, load_model_weights
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -96,7 +96,6 @@ def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
 
 def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
     """A TSP model (current TSP group, initialised here at D = 1 if needed) from a checkpoint."""
-    from megatron.core import dist_checkpointing
     from megatron_tsp.training.arguments import qwen3_config_from_args
     args = checkpoint_args(load)
     config = qwen3_config_from_args(args, getattr(args, "tsp_vocab_size", args.padded_vocab_size))
@@ -104,11 +103,7 @@ def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
         ps.initialize_tsp(tsp_size or 1)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     model = TSPQwen3Model(config, dtype=dtype)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()},
-                                     str(checkpoint_dir(load)))
-    # like Megatron's load_checkpoint: empty extra states are not in every sharded_state_dict
-    missing, unexpected = model.load_state_dict(loaded["model"], strict=False)
-    assert not unexpected and all(k.endswith("_extra_state") for k in missing), missing
+    load_model_weights(model, str(checkpoint_dir(load)))
     return model
 
 
