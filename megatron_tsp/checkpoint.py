@@ -58,12 +58,15 @@ def checkpoint_dir(load: str) -> Path:
 def checkpoint_args(load: str):
     """The Megatron args a checkpoint was saved with (no process group needed)."""
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
     directory = checkpoint_dir(load)
     try:
         return dist_checkpointing.load_common_state_dict(str(directory))["args"]
-    except Exception as error:  # any unreadable metadata is the file's fault, reported as such
+    # unreadable metadata is the file's fault (DCP raises a BaseException subclass)
+    except (Exception, CheckpointException) as error:
+        last_line = (str(error).strip().splitlines() or [""])[-1][:300]
         raise ValueError(f"--load {load}: cannot read the checkpoint metadata in {directory} "
-                         f"({type(error).__name__}: {error})") from None
+                         f"({type(error).__name__}: {last_line})") from None
 
 
 def load_model_weights(model: torch.nn.Module, directory: str, nested_key: str = "model") -> None:
