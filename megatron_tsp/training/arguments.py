@@ -122,6 +122,18 @@ def _apply_shape(args, explicit: Set[str]) -> None:
         args.vocab_size = preset.vocab_size
 
 
+def _check_shape_values(args) -> None:
+    for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--num-query-groups",
+                 "--kv-channels", "--ffn-hidden-size", "--max-position-embeddings",
+                 "--seq-length"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None or value <= 0:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
+    if args.num_attention_heads % args.num_query_groups:
+        raise ValueError(f"--num-attention-heads ({args.num_attention_heads}) must be a multiple "
+                         f"of --num-query-groups ({args.num_query_groups})")
+
+
 def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
     if torch.cuda.is_available():
         return
@@ -209,6 +221,7 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     explicit = explicit_flags(argv)
     _reject_replaced_parallelism(args)
     _apply_shape(args, explicit)
+    _check_shape_values(args)
     _apply_cpu_defaults(args, explicit)
     _apply_data_defaults(args, explicit)
     _check_data_paths(args)
@@ -220,4 +233,6 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     validate_tsp_config(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
                         args.tsp_size, seq_length=args.seq_length, world_size=world_size,
                         pipeline_size=args.pipeline_model_parallel_size)
+    if args.save and args.save_interval is None:
+        raise ValueError("--save needs --save-interval (iterations between checkpoints)")
     _check_checkpoint_shape(args)

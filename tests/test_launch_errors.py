@@ -1,0 +1,65 @@
+"""Bad launch input: every case exits non-zero within seconds, names the flag, writes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MOCK = ["--mock-data", "--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3",
+        "--save-interval", "1"]
+
+# (command line, WORLD_SIZE, text the error must contain)
+CASES = [
+    (["--tsp-size", "3", "--num-attention-heads", "4", "--num-query-groups", "4", *MOCK], 3,
+     "--num-attention-heads"),
+    (["--tsp-size", "4", "--num-query-groups", "3", "--num-attention-heads", "12", *MOCK], 4,
+     "--num-query-groups"),
+    (["--tsp-size", "2", "--seq-length", "66", *MOCK], 2, "--seq-length"),
+    (["--tsp-size", "4", "--seq-length", "36", *MOCK], 4, "--seq-length"),
+    (["--tsp-size", "2", *MOCK], 3, "world size"),
+    (["--tsp-size", "2", "--pipeline-model-parallel-size", "2", *MOCK], 2,
+     "--pipeline-model-parallel-size"),
+    (["--tsp-size", "0", *MOCK], 1, "--tsp-size"),
+    (["--tsp-size", "-2", *MOCK], 1, "--tsp-size"),
+    (["--tsp-size", "2", "--sequence-parallel", *MOCK], 2, "--sequence-parallel"),
+    (["--tsp-size", "2", "--tensor-model-parallel-size", "2", *MOCK], 4,
+     "--tensor-model-parallel-size"),
+    (["--tsp-size", "2", "--context-parallel-size", "2", *MOCK], 4, "--context-parallel-size"),
+    (["--model-size", "7b", *MOCK], 1, "--model-size"),
+    (["--tsp-size", "2", "--ffn-hidden-size", "191", *MOCK], 2, "--ffn-hidden-size"),
+    (["--seq-length", "8192", "--max-position-embeddings", "4096", *MOCK], 1,
+     "--max-position-embeddings"),
+    (["--num-layers", "0", *MOCK], 1, "--num-layers"),
+    (["--hidden-size", "-64", *MOCK], 1, "--hidden-size"),
+    (["--num-attention-heads", "6", "--num-query-groups", "4", *MOCK], 1, "--num-query-groups"),
+    (["--seq-length", "0", *MOCK], 1, "--seq-length"),
+    ([*MOCK[:-2]], 1, "--save-interval"),
+    (["--data-path", "0.5", "/nonexistent/a", "0.5", "/nonexistent/b", "--micro-batch-size",
+      "1", "--train-iters", "2", "--lr", "1e-3", "--save-interval", "1"], 1, "--data-path"),
+    ([*MOCK, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+      "/nonexistent/tokenizer"], 1, "--tokenizer-model"),
+    (["--data-path", "/nonexistent/corpus", "--micro-batch-size", "1", "--train-iters", "2",
+      "--lr", "1e-3", "--save-interval", "1"], 1, "--data-path"),
+    (["--tsp-size", "two", *MOCK], 1, "--tsp-size"),
+    (["--tsp-size", "4", "--num-attention-heads", "4", "--num-query-groups", "1",
+      "--kv-channels", "3", "--seq-length", "64", *MOCK], 4, "--kv-channels"),
+]
+
+
+def test_every_bad_launch_exits_fast_naming_the_flag_and_writes_nothing(tmp_path):
+    cases = [(argv + ["--save", str(tmp_path / "ckpt"), "--tensorboard-dir",
+                      str(tmp_path / "tb")], world) for argv, world, _ in CASES]
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "launch_cases.py")],
+                            input=json.dumps(cases), capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path,
+                            env=dict(os.environ, MEGATRON_TSP_CACHE=str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(outcomes) == len(CASES) >= 20
+    for (argv, _, flag), outcome in zip(CASES, outcomes):
+        assert outcome["code"] != 0, (argv, outcome)
+        assert flag in outcome["stderr"], (argv, flag, outcome["stderr"])
+        assert outcome["seconds"] < 10, (argv, outcome["seconds"])
+    assert not list(tmp_path.glob("ckpt*")) and not list(tmp_path.glob("tb*"))
