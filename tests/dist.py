@@ -1,6 +1,7 @@
 """Run a test body on D real processes over gloo and collect what each rank returns."""
 
 import os
+import pickle
 import socket
 import traceback
 
@@ -19,7 +20,9 @@ def _worker(rank, world_size, port, fn, args, queue):
     import torch
     torch.set_num_threads(1)
     try:
-        queue.put((rank, "ok", fn(*args)))
+        # plain pickle copies tensor data: the queue's own pickler would pass shared-memory
+        # handles that die with this process
+        queue.put((rank, "ok", pickle.dumps(fn(*args))))
     except BaseException:  # reported to the parent, which fails the test with the traceback
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -44,7 +47,7 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 600.0):
             if status == "error":
                 errors.append(f"rank {rank}:\n{value}")
                 break
-            results[rank] = value
+            results[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=5 if errors else 60)

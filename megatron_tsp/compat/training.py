@@ -1,19 +1,22 @@
 """Let Megatron's own training loop (``megatron.training`` of megatron-core 0.19.2) run on CPU.
 
-``apply_training_adaptations()`` is for entry points that call ``megatron.training.pretrain``.
-It applies, once:
+``apply_training_adaptations()`` (applied by ``import megatron_tsp``, see ``compat/__init__.py``;
+idempotent) applies, once:
 
-- the distributed-optimizer resume fix (``compat/optimizer_resume.py``), on every machine: the
-  bug it fixes is in megatron-core's torch-optimizer path, not in CPU support;
+- on every machine: the distributed-optimizer resume fixes (``compat/optimizer_resume.py``; the
+  bugs are in megatron-core's torch-Adam path, not in CPU support) and the training-log fix
+  below (``_first_logged_iteration_resets_its_interval``);
 - on a machine without CUDA only, the CPU adaptations below. Each is a small function naming the
   megatron place it addresses. Like ``compat/cpu.py`` they never make torch itself lie: the
   megatron modules listed see a CPU-backed view of ``torch`` (``torch.cuda`` calls answered for
-  the CPU, ``device='cuda'`` in tensor factories read as the CPU); everything else is unchanged.
+  the CPU, ``device='cuda'`` in tensor factories read as the CPU); everything else is unchanged,
+  except two ``torch.Tensor`` methods swapped only while named megatron functions run.
 
 Flags a CPU run still needs (there is no CUDA kernel to fall back from): ``--distributed-backend
 gloo --transformer-impl local --use-cpu-initialization --no-gradient-accumulation-fusion
 --no-persist-layer-norm --no-masked-softmax-fusion --no-bias-gelu-fusion --no-bias-dropout-fusion``
-and ``CUDA_DEVICE_MAX_CONNECTIONS=1`` in the environment when TP > 1.
+(``--no-rope-fusion`` with ``--position-embedding-type rope``) and ``CUDA_DEVICE_MAX_CONNECTIONS=1``
+in the environment when TP > 1.
 """
 
 import contextlib
@@ -298,7 +301,8 @@ def _memory_report_from_rss() -> None:
 
 
 def _cpu_torch_in_training_modules() -> None:
-    # torch.cuda.* calls and device='cuda' tensors that the CPU run reaches, by module:
+    # torch.cuda.* calls and device='cuda' tensors that the CPU run reaches, by module. Those
+    # marked (*) are not reached by the tested flags (precaution for flags that reach them).
     for module in (
         # training.py: pretrain (start-time all_reduce), get_model (DDP init stream),
         # train_step/evaluate/training_log (loss dicts), build_train_valid_test_data_loaders
@@ -323,8 +327,9 @@ def _cpu_torch_in_training_modules() -> None:
         # ("Torch not compiled with CUDA enabled" on the first checkpoint save).
         "megatron.core.dist_checkpointing.strategies.filesystem_async",
         # ...strategies/state_dict_saver.py save_state_dict_async_finalize / verify_reuse: flags
-        # all_reduced on the current device; strategies/fully_parallel.py (fully parallel save
-        # and load) and strategies/async_utils.py (async save): synchronize and flags.
+        # all_reduced on the current device; (*) strategies/fully_parallel.py (fully parallel
+        # save and load), strategies/async_utils.py (--async-save), exchange_utils.py:
+        # synchronize, flags and exchange buffers.
         "megatron.core.dist_checkpointing.strategies.state_dict_saver",
         "megatron.core.dist_checkpointing.strategies.fully_parallel",
         "megatron.core.dist_checkpointing.strategies.async_utils",
@@ -334,8 +339,8 @@ def _cpu_torch_in_training_modules() -> None:
         "megatron.core.optimizer.optimizer",
         "megatron.core.optimizer.clip_grads",
         "megatron.core.optimizer.distrib_optimizer",
-        # core/distributed: DDP's communication stream (distributed_data_parallel.py) and the
-        # buffers' stream waits and all-gather buffers (param_and_grad_buffer.py).
+        # core/distributed: (*) DDP's communication stream (distributed_data_parallel.py), and
+        # the buffers' stream waits and all-gather buffers (param_and_grad_buffer.py).
         "megatron.core.distributed.distributed_data_parallel",
         "megatron.core.distributed.param_and_grad_buffer",
         # core/pipeline_parallel: total_num_tokens (schedules.py), P2P shape buffers and
