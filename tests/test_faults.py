@@ -1,0 +1,82 @@
+"""Faults injected for real: a rank killed mid-training, and reruns with the same seed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from tests.dist import run_distributed
+from tests.pretrain_runner import MOCK_RUN, ROOT, _ITERATION, _free_port, losses_of
+
+pytestmark = pytest.mark.slow
+RUN = MOCK_RUN + ["--tsp-size", "2", "--seq-length", "128", "--train-iters", "30"]
+
+
+def _weights(checkpoint):
+    from megatron_tsp.conversion.convert import load_model
+    return {name: p.detach().clone() for name, p in load_model(checkpoint, 1).named_parameters()}
+
+
+def test_two_runs_with_the_same_seed_are_bit_identical(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        losses = losses_of(2, MOCK_RUN + ["--tsp-size", "2", "--train-iters", "4", "--save",
+                                          tmp_path / name, "--save-interval", "4"],
+                           tmp_path / "cache")
+        runs.append((losses, run_distributed(_weights, 1, str(tmp_path / name))[0]))
+    (losses_a, weights_a), (losses_b, weights_b) = runs
+    assert losses_a == losses_b
+    assert weights_a.keys() == weights_b.keys()
+    for name, tensor in weights_a.items():
+        assert torch.equal(tensor, weights_b[name]), name
+
+
+def _worker_with_rank(launcher: psutil.Process, rank: str) -> psutil.Process:
+    for child in launcher.children(recursive=True):
+        try:
+            if child.environ().get("RANK") == rank:
+                return child
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+def test_a_killed_rank_stops_the_job_fast_and_a_restart_continues_exactly(tmp_path):
+    cache, checkpoint = tmp_path / "cache", tmp_path / "ckpt"
+    straight = losses_of(2, RUN, cache)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(_free_port()), str(ROOT / "pretrain_qwen3.py"),
+               *map(str, RUN + ["--save", checkpoint, "--save-interval", "10"])]
+    log_path = tmp_path / "job.log"
+    with open(log_path, "w") as log_file:  # a file, not a pipe: orphans cannot hold it open
+        job = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, MEGATRON_TSP_CACHE=str(cache)))
+    deadline = time.monotonic() + 300
+    while max((int(i) for i, _ in _ITERATION.findall(log_path.read_text())), default=0) < 13:
+        assert job.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.05)
+    assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "10"
+    launcher = psutil.Process(job.pid)
+    descendants = launcher.children(recursive=True)
+    _worker_with_rank(launcher, "1").send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    code = job.wait(timeout=120)
+    stopped_after = time.monotonic() - killed_at
+    for process in descendants:  # e.g. Megatron's checkpoint-writer manager, orphaned by the kill
+        if process.is_running():
+            process.kill()
+    log = log_path.read_text()
+    assert code != 0
+    assert stopped_after < 60
+    assert "rank      : 1" in log and "Signal 9 (SIGKILL)" in log, log[-3000:]
+    last = max(int(i) for i, _ in _ITERATION.findall(log))
+    assert last < 30, "the job was not stopped"
+    resumed = losses_of(2, RUN + ["--load", checkpoint], cache)
+    assert min(resumed) == 11
+    for i in range(11, 31):
+        assert abs(resumed[i] - straight[i]) <= 1e-6 * straight[i], (i, resumed[i], straight[i])
