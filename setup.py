@@ -23,6 +23,7 @@ setup(
         "transformers>=4.51",
         "tensorboard",
         "wandb",
+        "matplotlib",  # benchmarks/compare_parallelism.py plots
     ],
     extras_require={
         "test": ["pytest"],

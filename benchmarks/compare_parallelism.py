@@ -1,0 +1,153 @@
+"""TSP against TP, TP+SP, context parallel and one process: one training step each, side by side.
+
+    python -m benchmarks.compare_parallelism --model-size tiny --seq-lengths 1024 2048 4096 \\
+        --group-size 4 [--emulate-link 250[,LATENCY_MS]] [--output-dir benchmarks/results]
+
+Each scheme runs in its own set of D spawned gloo ranks (benchmarks/launch.py) on the same full
+model and the same batch; every rank measures its peak memory, the bytes it sent and received by
+kind, and its step time (benchmarks/measure.py). Outputs in --output-dir: NAME.json (schema in
+benchmarks/report.py), NAME.md, NAME_memory_per_rank.png, NAME_bytes_per_rank.png,
+NAME_step_time.png, each run next to the megatron_tsp planner's prediction.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import megatron_tsp  # noqa: F401  (megatron-core adaptations before anything imports it)
+import torch
+
+from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.planner import add_shape_arguments, model_config_from_args
+from megatron_tsp.planner_bytes import Layout, transfer_bytes
+from megatron_tsp.planner_memory import memory_bytes
+
+from benchmarks import report
+from benchmarks.launch import run_ranks
+from benchmarks.measure import measure_scheme
+from benchmarks.memory import CPU_METHOD, GPU_METHOD
+from benchmarks.netns import EmulatedLink, EmulatedNetwork
+from benchmarks.schemes import SCHEMES, scheme_group_size
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_shape_arguments(p)
+    p.add_argument("--seq-lengths", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--group-size", type=int, default=2, help="D: ranks per scheme")
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    p.add_argument("--measured-steps", type=int, default=1,
+                   help="measured steps per length, after one warm-up step")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--emulate-link", metavar="BANDWIDTH_MBIT[,LATENCY_MS]",
+                   help="each rank in its own network namespace behind a shaped link (root)")
+    p.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--name", default="compare_parallelism", help="output file prefix")
+    return p.parse_args(argv)
+
+
+def model_config(args: argparse.Namespace) -> Qwen3Config:
+    """The model shape; its position limit raised to the longest sequence measured."""
+    cfg = model_config_from_args(args)
+    return cfg.replace(max_position_embeddings=max(cfg.max_position_embeddings,
+                                                   max(args.seq_lengths)))
+
+
+def validate(args: argparse.Namespace, cfg: Qwen3Config) -> None:
+    """ValueError naming the flag for anything some scheme cannot run, before any rank starts."""
+    D = args.group_size
+    if D < 2:
+        raise ValueError(f"--group-size must be >= 2 (the single scheme is D = 1), got {D}")
+    for flag, value in (("--num-attention-heads", cfg.num_attention_heads),
+                        ("--ffn-hidden-size", cfg.ffn_hidden_size)):
+        if value % D:  # TP and TSP split heads and the FFN D ways
+            raise ValueError(f"{flag} ({value}) must be divisible by --group-size ({D})")
+    G = cfg.num_query_groups
+    if {"tp", "tp-sp"} & set(args.schemes) and G % D:
+        raise ValueError(f"--num-query-groups ({G}) must be divisible by --group-size ({D}) "
+                         f"for tp and tp-sp (leave them out of --schemes to run TSP with fewer "
+                         f"kv groups than ranks)")
+    if "tsp" in args.schemes and G % D and D % G:
+        raise ValueError(f"--num-query-groups ({G}) must be a multiple or a divisor of "
+                         f"--group-size ({D}) for tsp")
+    for S in args.seq_lengths:
+        if S <= 0 or S % (2 * D):
+            raise ValueError(f"--seq-lengths: {S} is not a positive multiple of 2 x "
+                             f"--group-size ({2 * D}) (the zigzag layout of tsp and cp)")
+    if args.micro_batch_size < 1:
+        raise ValueError(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
+    if args.measured_steps < 1:
+        raise ValueError(f"--measured-steps must be >= 1, got {args.measured_steps}")
+
+
+def planner_layout(scheme: str, D: int) -> Layout:
+    return {"single": Layout("single"), "cp": Layout("cp", cp=D)}.get(scheme,
+                                                                    Layout(scheme, tp=D))
+
+
+def predicted(scheme: str, cfg: Qwen3Config, D: int, S: int, b: int) -> dict:
+    """The planner's numbers for a run on this machine (fp32; CPU attention kernel on CPU)."""
+    layout = planner_layout(scheme, D)
+    attention = "flash" if torch.cuda.is_available() else "cpu-sdpa"
+    transfers = transfer_bytes(layout, cfg, S, b, e=4)
+    return {"peak_bytes": memory_bytes(layout, cfg, S, b, e=4, attention=attention).total,
+            "sent_bytes": sum(s for s, _ in transfers.values()),
+            "received_bytes": sum(r for _, r in transfers.values())}
+
+
+def _machine() -> dict:
+    import megatron.core
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "megatron_core": megatron.core.__version__,
+            "device": device}
+
+
+def run(args: argparse.Namespace, network: Optional[EmulatedNetwork]) -> dict:
+    cfg = model_config(args)
+    D, b, lengths = args.group_size, args.micro_batch_size, sorted(args.seq_lengths)
+    runs = []
+    for scheme in args.schemes:
+        size = scheme_group_size(scheme, D)
+        print(f"[compare_parallelism] {scheme} on {size} rank(s): {lengths}", flush=True)
+        ranks = run_ranks(measure_scheme, size, scheme, vars(cfg), D, lengths, b, args.seed,
+                          args.measured_steps, network=network if size > 1 else None)
+        for i, S in enumerate(lengths):
+            runs.append(report.run_record(scheme, size, S, b, ranks, i,
+                                          predicted(scheme, cfg, D, S, b)))
+    return {
+        "schema_version": report.SCHEMA_VERSION, "benchmark": "compare_parallelism",
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "command": " ".join(sys.argv), "machine": _machine(),
+        "network": network.link.as_dict() if network else {"mode": "loopback"},
+        "memory_method": GPU_METHOD if torch.cuda.is_available() else CPU_METHOD,
+        "model": vars(cfg), "group_size": D, "micro_batch_size": b, "dtype": "float32",
+        "seq_lengths": lengths, "runs": runs,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = parse_args(argv)
+    cfg = model_config(args)
+    validate(args, cfg)
+    link = EmulatedLink.parse(args.emulate_link) if args.emulate_link else None
+    if link:
+        with EmulatedNetwork(link, args.group_size) as network:
+            results = run(args, network)
+    else:
+        results = run(args, None)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    report.write_json(results, args.output_dir / f"{args.name}.json")
+    (args.output_dir / f"{args.name}.md").write_text(report.markdown(results))
+    report.plot(results, args.output_dir, args.name)
+    print(report.markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Which layout to train with: per-GPU memory and communication of TSP, TP, TP+SP, CP, TP x CP.
+
+    python -m megatron_tsp.planner --model-size 8b --seq-length 131072 --gpus 8 --gpu h100 \\
+        [--micro-batch-size 1 --dtype bf16 --distributed-optimizer]
+
+For every layout of `--gpus` GPUs (a model-parallel group of D GPUs, data parallel over the
+rest) it predicts the per-GPU memory (megatron_tsp.planner_memory: params, grads, optimizer
+state, kept activations, transient buffers; a GPU flash attention kernel) and the bytes each GPU
+sends and receives per step (megatron_tsp.planner_bytes, the same formulas the benchmark's
+counters confirm byte for byte). It recommends, among the layouts that fit in the GPU's memory,
+the one with the least communication time per sequence: max(sent, received) over the GPU's
+link bandwidth, divided by the sequences the whole job processes per step (dp x micro-batch).
+Overlap with compute and latency are ignored: it ranks layouts, it does not predict step time.
+"""
+
+import argparse
+from dataclasses import dataclass
+from typing import List, Optional
+
+from megatron_tsp.models.config import Qwen3Config, qwen3_preset
+from megatron_tsp.planner_bytes import Layout, transfer_bytes
+from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
+
+GIB, GB = 2 ** 30, 10 ** 9
+SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+               "kv_channels", "ffn_hidden_size", "vocab_size")
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Vendor memory capacity and the per-GPU intra-node link bandwidth, one direction."""
+
+    memory_bytes: int
+    link_bytes_per_s: float
+    link: str
+
+
+GPUS = {
+    "h100": GPUSpec(80 * GIB, 450e9, "NVLink 4, 900 GB/s bidirectional"),
+    "h200": GPUSpec(141 * GIB, 450e9, "NVLink 4, 900 GB/s bidirectional"),
+    "mi300x": GPUSpec(192 * GIB, 448e9, "Infinity Fabric, 7 x 128 GB/s bidirectional"),
+    "a100": GPUSpec(80 * GIB, 300e9, "NVLink 3, 600 GB/s bidirectional"),
+}
+
+
+@dataclass
+class Plan:
+    layout: Layout
+    memory: MemoryEstimate
+    sent: int
+    received: int
+    comm_s_per_step: float
+    comm_s_per_sequence: float
+    fits: bool
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-size and the explicit shape flags (which override the preset)."""
+    parser.add_argument("--model-size", help="a Qwen3 preset: 0.6b ... 32b, tiny")
+    for flag in SHAPE_FLAGS:
+        parser.add_argument("--" + flag.replace("_", "-"), type=int, help="overrides the preset")
+    parser.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+
+
+def model_config_from_args(args: argparse.Namespace) -> Qwen3Config:
+    """The preset with the explicit shape flags applied; without a preset, every shape flag."""
+    given = {f: getattr(args, f) for f in SHAPE_FLAGS if getattr(args, f) is not None}
+    if args.model_size:
+        cfg = qwen3_preset(args.model_size).replace(**given)
+    else:
+        missing = [f"--{f.replace('_', '-')}" for f in SHAPE_FLAGS if f not in given]
+        if missing:
+            raise ValueError(f"without --model-size give every shape flag; missing "
+                             f"{' '.join(missing)}")
+        cfg = Qwen3Config(**given)
+    return cfg.replace(tie_word_embeddings=False) if args.untie_embeddings_and_output_weights \
+        else cfg
+
+
+def unsupported(layout: Layout, cfg: Qwen3Config, S: int) -> Optional[str]:
+    """Why a layout cannot run this model and sequence (None when it can)."""
+    t, c, G = layout.tp, layout.cp, cfg.num_query_groups
+    if cfg.num_attention_heads % t or cfg.ffn_hidden_size % t:
+        return "heads or FFN not divisible by the TP size"
+    if layout.scheme == "tsp":
+        if G % t and t % G:
+            return "kv groups neither a multiple nor a divisor of D"
+        return "sequence not a multiple of 2D" if S % (2 * t) else None
+    if G % t:
+        return "kv groups not divisible by the TP size"
+    if S % (2 * c) or S % t:
+        return "sequence not divisible by the sequence shards"
+    return None
+
+
+def candidate_layouts(gpus: int) -> List[Layout]:
+    """Every scheme at every group size D dividing `gpus` (data parallel over gpus / D)."""
+    out = [Layout("single", dp=gpus)]
+    for D in range(2, gpus + 1):
+        if gpus % D:
+            continue
+        dp = gpus // D
+        out += [Layout("tsp", tp=D, dp=dp), Layout("tp", tp=D, dp=dp),
+                Layout("tp-sp", tp=D, dp=dp), Layout("cp", cp=D, dp=dp)]
+        out += [Layout("tp-cp", tp=T, cp=D // T, dp=dp) for T in range(2, D) if D % T == 0]
+    return out
+
+
+def plan(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int, gpu: GPUSpec,
+         distributed_optimizer: bool, recompute: bool) -> Plan:
+    memory = memory_bytes(layout, cfg, S, b, e, distributed_optimizer, recompute=recompute)
+    transfers = transfer_bytes(layout, cfg, S, b, e, distributed_optimizer)
+    sent = sum(s for s, _ in transfers.values())
+    received = sum(r for _, r in transfers.values())
+    step = max(sent, received) / gpu.link_bytes_per_s
+    return Plan(layout, memory, sent, received, step, step / (layout.dp * b),
+                memory.total <= gpu.memory_bytes)
+
+
+def plans(cfg: Qwen3Config, S: int, gpus: int, gpu: str, b: int = 1, dtype: str = "bf16",
+          distributed_optimizer: bool = False, recompute: bool = False) -> List[Plan]:
+    """Every supported layout, best first: fitting ones by communication time per sequence."""
+    spec, e = GPUS[gpu], DTYPE_BYTES[dtype]
+    out = [plan(layout, cfg, S, b, e, spec, distributed_optimizer, recompute)
+           for layout in candidate_layouts(gpus) if unsupported(layout, cfg, S) is None]
+    return sorted(out, key=lambda p: (not p.fits, p.comm_s_per_sequence, p.memory.total))
+
+
+def format_table(rows: List[Plan]) -> str:
+    header = ("| layout | D | dp | params | grads | optimizer | activations | transient | "
+              "total GB | fits | sent GB | recv GB | comm ms/seq |")
+    lines = [header, "|" + "---|" * 13]
+    for p in rows:
+        m = p.memory
+        lines.append(
+            f"| {p.layout.name} | {p.layout.group_size} | {p.layout.dp} | "
+            + " | ".join(f"{x / GB:.1f}" for x in (m.params, m.grads, m.optimizer,
+                                                   m.activations, m.transient, m.total))
+            + f" | {'yes' if p.fits else 'no'} | {p.sent / GB:.2f} | {p.received / GB:.2f} | "
+            f"{1e3 * p.comm_s_per_sequence:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> List[Plan]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_shape_arguments(parser)
+    parser.add_argument("--seq-length", type=int, required=True)
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs of one node")
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    parser.add_argument("--micro-batch-size", type=int, default=1)
+    parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16")
+    parser.add_argument("--distributed-optimizer", action="store_true")
+    parser.add_argument("--recompute-granularity", choices=["full"],
+                        help="Megatron's full activation recompute for every layout but TSP "
+                             "(which recomputes attention and MLP by construction)")
+    args = parser.parse_args(argv)
+    if args.seq_length <= 0:
+        raise ValueError(f"--seq-length must be positive, got {args.seq_length}")
+    if args.gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.micro_batch_size < 1:
+        raise ValueError(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
+    cfg = model_config_from_args(args)
+    rows = plans(cfg, args.seq_length, args.gpus, args.gpu, args.micro_batch_size, args.dtype,
+                 args.distributed_optimizer, args.recompute_granularity == "full")
+    spec = GPUS[args.gpu]
+    print(f"{args.gpus} x {args.gpu} ({spec.memory_bytes / GIB:.0f} GiB, {spec.link}); "
+          f"{args.seq_length} tokens x micro-batch {args.micro_batch_size}, {args.dtype}"
+          f"{', full recompute' if args.recompute_granularity else ''}; GB = 1e9 bytes, "
+          f"per GPU\n")
+    print(format_table(rows))
+    best = next((p for p in rows if p.fits), None)
+    print("\nrecommended: " + (f"{best.layout.name} ({best.memory.total / GB:.1f} GB per GPU, "
+                               f"{1e3 * best.comm_s_per_sequence:.1f} ms of communication per "
+                               f"sequence)" if best else "nothing fits; add GPUs or shorten the "
+                               "sequence"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

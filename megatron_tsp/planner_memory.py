@@ -1,0 +1,219 @@
+"""The planner's memory model: bytes per rank of model state, kept activations and transients.
+
+Activations are counted tensor by tensor from what each implementation keeps for backward (the
+saved-tensor inventory of one layer, per token): megatron-core GPTModel with the local spec and a
+fused attention core (tp, tp-sp, single), megatron_tsp's TSP model (keeps only each norm's input,
+output and statistics; attention and MLP are recomputed), the benchmark's context-parallel model
+(benchmarks/cp_model.py: no recompute). Peak = model state + kept activations + transient, the
+transient being the most any of a few moments adds on top of the kept activations (the start of
+backward, an attention step recomputed, the end of backward with the vocabulary gradients).
+Calibrated on CPU fp32 runs, where the measured peaks are within 5%. `attention="flash"` is a GPU flash kernel (nothing of size
+S x S); `attention="cpu-sdpa"` is torch 2.13's CPU path, which materialises the lower-right causal
+mask of each non-square zigzag chunk (TSP, CP): 13 bytes per mask element while the call runs and
+4 bytes (the fp32 additive mask) kept while autograd holds the call.
+
+Legend: s tokens on the rank, b micro-batch, h hidden, nh/G query/kv heads, hd head dim, F FFN,
+L layers, V vocabulary (Vp padded), e bytes per activation element, t tensor-parallel size.
+"""
+
+from dataclasses import asdict, dataclass
+
+from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.planner_bytes import FP32, Layout, params_per_rank, vocab_rows
+
+INT64 = 8
+MASK_CALL_BYTES = 13  # per mask element while a CPU SDPA call with a materialised mask runs
+MASK_KEPT_BYTES = 4   # per mask element kept for backward (fp32 additive mask)
+ATTENTION_KERNELS = ("flash", "cpu-sdpa")
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per rank; `total` is the predicted peak."""
+
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    transient: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + self.activations + self.transient
+
+    def as_dict(self) -> dict:
+        return dict(asdict(self), total=self.total)
+
+
+def model_state_bytes(P: int, e: int, dp: int, distributed_optimizer: bool):
+    """(params, grads, optimizer) for P params: e-byte params, fp32 gradients, Adam's two fp32
+    moments plus an fp32 master copy when params are not fp32; the distributed optimizer shards
+    the optimizer state over dp."""
+    optimizer = P * (2 * FP32 + (FP32 if e < FP32 else 0))
+    if distributed_optimizer:
+        optimizer = -(-optimizer // dp)
+    return P * e, P * FP32, optimizer
+
+
+def _norm_bytes(tokens: int, h: int, e: int) -> int:
+    """An RMSNorm composed of torch ops keeps its input upcast to fp32, the normalised input
+    cast back to e, its output (kept by the next layer) and an fp32 1/rms per token."""
+    return tokens * (h * (FP32 + 2 * e) + FP32)
+
+
+def _q_copies(heads_per_group: int, groups_per_rank: int) -> int:
+    """q is copied out of the grouped qkv output (an extra [tokens, heads x hd] tensor) unless
+    the rank has one kv group or each group has one query head (then the split is a view)."""
+    return 1 if heads_per_group > 1 and groups_per_rank > 1 else 0
+
+
+def megatron_layer_bytes(cfg: Qwen3Config, S: int, b: int, t: int, sp: bool, e: int) -> int:
+    """What one GPTModel layer (local spec, fused attention core) keeps: two norms on S (or S/t
+    with SP) tokens; heads / t of the qkv output, q/k norm and RoPE tensors, the attention output,
+    its contiguous context, the log-sum-exp and norm statistics; the per-application RoPE
+    cos/sin; fc1 output, silu and gate product (F / t)."""
+    h, nh, G, hd, F = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_query_groups,
+                       cfg.kv_channels, cfg.ffn_hidden_size)
+    norm_tokens = S * b // t if sp else S * b
+    q_tensors = 3 + _q_copies(nh // G, G // t)
+    heads = ((nh + 2 * G) * hd + q_tensors * nh * hd + 2 * G * hd) // t
+    return (2 * _norm_bytes(norm_tokens, h, e)
+            + S * b * (heads * e + 4 * hd * e + (2 * nh + G) // t * FP32 + 5 * F // t * e))
+
+
+def megatron_global_bytes(cfg: Qwen3Config, S: int, b: int, t: int, sp: bool, e: int) -> int:
+    """Outside the layers GPTModel keeps the final norm, the fp32 softmax of the vocab-parallel
+    loss and the token, label and position ids."""
+    norm_tokens = S * b // t if sp else S * b
+    return (_norm_bytes(norm_tokens, cfg.hidden_size, e)
+            + S * b * (cfg.padded_vocab_size(t) // t * FP32 + 3 * INT64))
+
+
+def megatron_transient_bytes(cfg: Qwen3Config, S: int, b: int, t: int, sp: bool, e: int) -> int:
+    """Persistent buffers: RoPE's fp32 cos/sin cache of S positions and, with SP, Megatron's
+    global all-gather buffer [S, b, h]. At the start of backward: the output layer's weight
+    gradient (a fresh fp32 tensor before it is accumulated) and the [S, b, h] input gradient;
+    with SP also the re-gathered input and the reduce-scatter's input ((1 + 1/t) [S, b, h])."""
+    act = S * b * cfg.hidden_size * e
+    buffers = S * 2 * cfg.kv_channels * FP32 + (act if sp else 0)
+    table = cfg.padded_vocab_size(t) // t * cfg.hidden_size * FP32
+    return buffers + table + act + (act + act // t if sp else 0)
+
+
+def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
+    """TSP keeps per layer only its two norms' tensors on the S/D local tokens (attention and
+    MLP recompute from their input); globally the final norm, fp32 RoPE cos/sin, the loss's fp32
+    log-sum-exp and the local ids and labels."""
+    s, h = S // D * b, cfg.hidden_size
+    return ((2 * cfg.num_layers + 1) * _norm_bytes(s, h, e)
+            + s * (2 * cfg.kv_channels * FP32 + FP32 + 2 * INT64))
+
+
+def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
+    """The larger of two moments.
+    Output layer backward, one vocabulary shard visiting: fp32 logits and probabilities
+    [s, Vp/D], three fp32 gradient accumulators of the shard (travelling, incoming, this rank's
+    partial), the visiting and the prefetched shard, the fp32 input-gradient accumulator.
+    Last layer's attention backward, one head-group step recomputed: about four copies of the
+    step's keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
+    gradient), four fp32 [s, h] gradient tensors, less the last layer's pre-MLP norm and the final
+    norm already freed; on CPU the materialised mask of rank 0's last chunk (c x S)."""
+    s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
+    shard = cfg.padded_vocab_size(D) // D
+    vocab = 2 * s * shard * FP32 + shard * h * (3 * FP32 + 2 * e) + s * h * FP32
+    steps = min(cfg.num_query_groups, D)
+    kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
+    mask = MASK_CALL_BYTES * (S // (2 * D)) * S if attention == "cpu-sdpa" else 0
+    attention_step = 4 * kv_step + 4 * s * h * FP32 - 2 * _norm_bytes(s, h, e) + mask
+    return max(vocab, attention_step)
+
+
+def _mask_elements(S: int, D: int, rank: int) -> int:
+    """Elements of the materialised masks of one rank's zigzag chunks (a chunk of c queries
+    against (k + 1) c keys; a square chunk needs no mask)."""
+    c = S // (2 * D)
+    return sum(c * (k + 1) * c for k in (rank, 2 * D - 1 - rank) if k > 0)
+
+
+def cp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
+    """What one context-parallel layer keeps (autograd, no recompute) on the S/D local tokens:
+    as GPTModel's layer but with a 4F MLP and the output projection's input, plus the gathered
+    keys and values of the whole sequence (stacked for the kernel), the gather's int64 order
+    index and, on CPU, each chunk's fp32 mask (the rank with the most)."""
+    s, h, nh, G, hd, F = (S // D * b, cfg.hidden_size, cfg.num_attention_heads,
+                          cfg.num_query_groups, cfg.kv_channels, cfg.ffn_hidden_size)
+    q_tensors = 4 + _q_copies(nh // G, G)
+    per_token = ((nh + 2 * G) * hd + q_tensors * nh * hd + G * hd + 4 * F) * e \
+        + (2 * nh + G) * FP32
+    masks = 0
+    if attention == "cpu-sdpa":
+        masks = MASK_KEPT_BYTES * max(_mask_elements(S, D, r) for r in range(D))
+    return (2 * _norm_bytes(s, h, e) + s * per_token + S * b * 2 * G * hd * e + S * INT64
+            + masks)
+
+
+def cp_global_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
+    """Outside the layers: the final norm, the fp32 log-softmax over the full vocabulary, fp32
+    RoPE cos/sin and the local ids and labels."""
+    s = S // D * b
+    return (_norm_bytes(s, cfg.hidden_size, e)
+            + s * (cfg.vocab_size * FP32 + 2 * cfg.kv_channels * FP32 + 2 * INT64))
+
+
+def cp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
+    """Start of backward: two fp32 [s, V] gradients of the log-softmax. On CPU the last layer's
+    attention in forward can be larger: the mask call on rank 0's last chunk (c x S) beyond its
+    kept fp32 mask, before the layer's MLP and the loss exist."""
+    s, F = S // D * b, cfg.ffn_hidden_size
+    backward_start = 2 * s * cfg.vocab_size * FP32
+    if attention != "cpu-sdpa":
+        return backward_start
+    not_yet = s * (4 * F * e + cfg.vocab_size * FP32) + 2 * _norm_bytes(s, cfg.hidden_size, e)
+    mask_call = (MASK_CALL_BYTES - MASK_KEPT_BYTES) * (S // (2 * D)) * S - not_yet
+    return max(backward_start, mask_call)
+
+
+def table_gradient_bytes(cfg: Qwen3Config, rows: int) -> int:
+    """End of backward, when the kept activations are gone: a tied vocabulary table's two fresh
+    fp32 gradients (the output layer's, held until the embedding's arrives) and their sum; an
+    untied embedding table's gradient alone."""
+    return (3 if cfg.tie_word_embeddings else 1) * rows * cfg.hidden_size * FP32
+
+
+def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
+                 distributed_optimizer: bool = False, attention: str = "flash",
+                 recompute: bool = False) -> MemoryEstimate:
+    """Peak bytes per rank of one training step of `layout` (the rank with the most).
+
+    `recompute` (Megatron's full activation recompute, one layer per checkpoint; planner only,
+    not benchmarked) applies to every layout but TSP, which recomputes attention and MLP by
+    construction: each layer then keeps only its input, and the layer being recomputed holds
+    its full activations for a moment (added to the transient)."""
+    if attention not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {attention!r}; choose {ATTENTION_KERNELS}")
+    params, grads, optimizer = model_state_bytes(params_per_rank(cfg, layout), e, layout.dp,
+                                                 distributed_optimizer)
+    L, t, C, h = cfg.num_layers, layout.tp, layout.cp, cfg.hidden_size
+    rows = vocab_rows(cfg, layout) // t
+    if layout.scheme == "tsp":
+        act = tsp_activation_bytes(cfg, S, b, t, e)
+        transient = max(tsp_transient_bytes(cfg, S, b, t, e, attention),
+                        table_gradient_bytes(cfg, rows) - act)
+        return MemoryEstimate(params, grads, optimizer, act, transient)
+    if layout.scheme == "cp":
+        layer = cp_layer_bytes(cfg, S, b, C, e, attention)
+        glob = cp_global_bytes(cfg, S, b, C, e)
+        transient = cp_transient_bytes(cfg, S, b, C, e, attention)
+        layer_input = S // C * b * h * e
+    else:  # single, tp, tp-sp; tp-cp is Megatron on the S / cp local tokens
+        sp = layout.scheme in ("tp-sp", "tp-cp") and t > 1
+        layer = megatron_layer_bytes(cfg, S // C, b, t, sp, e)
+        if layout.scheme == "tp-cp":  # the whole sequence's keys/values of the rank's heads
+            layer += S * b * 2 * (cfg.num_query_groups // t) * cfg.kv_channels * e
+        glob = megatron_global_bytes(cfg, S // C, b, t, sp, e)
+        transient = megatron_transient_bytes(cfg, S // C, b, t, sp, e)
+        layer_input = S // C * b * h * e // (t if sp else 1)
+    act = L * (layer_input if recompute else layer) + glob
+    transient += layer if recompute else 0
+    return MemoryEstimate(params, grads, optimizer, act,
+                          max(transient, table_gradient_bytes(cfg, rows) - act))

@@ -1,0 +1,128 @@
+"""The benchmark's instruments: exact CPU memory accounting, a stable JSON schema, flag errors,
+the emulated interconnect (network namespaces and tc, as root)."""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+
+from benchmarks import report
+from benchmarks.compare_parallelism import main as benchmark_main
+from benchmarks.launch import run_ranks
+from benchmarks.netns import EmulatedLink, EmulatedNetwork
+
+TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--num-query-groups", "2", "--kv-channels", "8", "--ffn-hidden-size", "64",
+        "--vocab-size", "512"]
+
+
+def _known_tensor_set():
+    """Allocations whose live bytes are known at every moment, on two threads."""
+    from benchmarks.memory import PeakMemory
+    with PeakMemory() as memory:
+        a = torch.empty(1000, dtype=torch.float32)      # 4000
+        b = torch.empty(2000, dtype=torch.float64)      # + 16000 = 20000
+        memory.mark("a_and_b")
+        del a                                           # 16000
+        c = torch.empty(3000)                           # 28000
+        view = c[:10].view(2, 5)                        # a view allocates nothing
+        worker = threading.Thread(target=lambda: torch.empty(1250))  # + 5000 = 33000
+        worker.start()
+        worker.join()
+        del b, c, view
+    return memory.report.as_dict()
+
+
+def test_cpu_peak_memory_of_a_known_tensor_set_is_exact():
+    report_ = run_ranks(_known_tensor_set, 1)[0]
+    start = report_["live_at_start_bytes"]
+    assert report_["peak_bytes"] - start == 33000
+    assert report_["marks"]["a_and_b"] - start == 20000
+    assert report_["rss_peak_bytes"] >= report_["rss_start_bytes"] > 0
+
+
+def _check_types(record: dict, types: dict, where: str) -> None:
+    assert set(record) == set(types), (where, set(record) ^ set(types))
+    for key, kind in types.items():
+        assert isinstance(record[key], kind), (where, key, type(record[key]))
+
+
+def test_json_schema_is_stable(tmp_path):
+    benchmark_main(TINY + ["--seq-lengths", "32", "64", "--group-size", "2",
+                           "--schemes", "tsp", "--output-dir", str(tmp_path),
+                           "--name", "run"])
+    results = json.loads((tmp_path / "run.json").read_text())
+    _check_types(results, report.TOP_LEVEL_TYPES, "top level")
+    assert results["schema_version"] == 1 and results["network"] == {"mode": "loopback"}
+    assert [(r["scheme"], r["seq_length"]) for r in results["runs"]] == [("tsp", 32), ("tsp", 64)]
+    for run in results["runs"]:
+        _check_types(run, report.RUN_TYPES, run["scheme"])
+        _check_types(run["predicted"], report.PREDICTED_TYPES, "predicted")
+        assert len(run["per_rank"]) == run["group_size"]
+        for rank in run["per_rank"]:
+            _check_types(rank, report.RANK_TYPES, "per_rank")
+            for kind, moved in rank["transfers"].items():
+                assert set(moved) == {"sent", "received"}, kind
+    for name in ("run.md", "run_memory_per_rank.png", "run_bytes_per_rank.png",
+                 "run_step_time.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("extra,flag", [
+    (["--group-size", "1"], "--group-size"),
+    (["--seq-lengths", "34"], "--seq-lengths"),
+    (["--ffn-hidden-size", "63"], "--ffn-hidden-size"),
+    (["--emulate-link", "fast"], "--emulate-link"),
+])
+def test_flag_errors_name_the_flag(extra, flag, tmp_path):
+    argv = TINY + ["--group-size", "2", "--seq-lengths", "64", "--output-dir", str(tmp_path)]
+    with pytest.raises(ValueError, match=flag):
+        benchmark_main(argv + extra)
+
+
+def test_without_a_preset_every_shape_flag_is_required(tmp_path):
+    with pytest.raises(ValueError, match="--vocab-size"):
+        benchmark_main(TINY[:-2] + ["--output-dir", str(tmp_path)])
+
+
+def test_emulated_link_parses_bandwidth_and_latency():
+    assert EmulatedLink.parse("250") == EmulatedLink(250.0, 0.0)
+    assert EmulatedLink.parse("250,0.5") == EmulatedLink(250.0, 0.5)
+    for bad in ("0", "250,-1", "1,2,3", ""):
+        with pytest.raises(ValueError, match="--emulate-link"):
+            EmulatedLink.parse(bad)
+
+
+def test_emulated_link_needs_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(PermissionError, match="root"):
+        EmulatedNetwork(EmulatedLink(100.0), 2).__enter__()
+
+
+def _timed_all_reduce(nbytes: int) -> float:
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    tensor = torch.ones(nbytes // 4)
+    dist.all_reduce(tensor[:16])  # connections up before the clock starts
+    start = time.perf_counter()
+    dist.all_reduce(tensor)
+    return time.perf_counter() - start
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_ranks_talk_over_the_shaped_link_and_the_namespaces_go_away():
+    mbit, nbytes = 100.0, 4 * 2 ** 20
+    with EmulatedNetwork(EmulatedLink(mbit), 2) as network:
+        assert network.rank_namespace(1) in _namespaces()
+        elapsed = max(run_ranks(_timed_all_reduce, 2, nbytes, network=network))
+    assert network.prefix not in _namespaces()
+    # a ring all-reduce of N bytes sends 2N(D-1)/D per rank: N at D = 2
+    assert elapsed > 0.8 * nbytes * 8 / (mbit * 1e6), elapsed

@@ -1,0 +1,124 @@
+"""The planner's formulas against real steps: bytes equal the counters, memory within 10%.
+
+Each scheme runs one warm-up and one measured training step per length on real gloo ranks
+(benchmarks.measure, the benchmark's own rank body); the planner (megatron_tsp.planner_bytes /
+planner_memory) must predict every transfer kind of every rank byte for byte, and the peak
+memory of the busiest rank within 10%.
+"""
+
+import pytest
+
+from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.planner import main as planner_main
+from megatron_tsp.planner import plans
+from megatron_tsp.planner_bytes import Layout, transfer_bytes, tp_cp_transfers, tp_sp_transfers
+from megatron_tsp.planner_memory import memory_bytes
+
+from benchmarks.compare_parallelism import planner_layout
+from benchmarks.launch import run_ranks
+from benchmarks.measure import measure_scheme
+
+FP32 = 4
+BATCH = 2
+LENGTHS = [32, 64]
+# vocab a multiple of 128 x D: GPTModel's padded rows then do not change its loss
+GQA = Qwen3Config(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
+                  kv_channels=8, ffn_hidden_size=64, vocab_size=512)
+# kv groups < D, untied tables: TSP's multi-owner head-group steps and two vocabulary rings
+FEW_GROUPS = Qwen3Config(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
+                         kv_channels=8, ffn_hidden_size=64, vocab_size=600,
+                         tie_word_embeddings=False)
+RUNS = [("tsp", GQA, 2), ("tp", GQA, 2), ("tp-sp", GQA, 2), ("cp", GQA, 2),
+        ("tsp", FEW_GROUPS, 4)]
+
+
+IDS = [f"{scheme}-D{D}-{'gqa' if cfg is GQA else 'few-groups'}" for scheme, cfg, D in RUNS]
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """{run id: per-rank results} from real steps."""
+    return {run_id: run_ranks(measure_scheme, D, scheme, vars(cfg), D, LENGTHS, BATCH, 0, 1)
+            for run_id, (scheme, cfg, D) in zip(IDS, RUNS)}
+
+
+@pytest.mark.parametrize("run_id,scheme,cfg,D", [(i, *r) for i, r in zip(IDS, RUNS)], ids=IDS)
+def test_counted_bytes_equal_the_formulas(measured, run_id, scheme, cfg, D):
+    for rank in measured[run_id]:
+        for i, S in enumerate(LENGTHS):
+            counted = {kind: (v["sent"], v["received"])
+                       for kind, v in rank["lengths"][i]["transfers"].items()}
+            expected = transfer_bytes(planner_layout(scheme, D), cfg, S, BATCH, FP32)
+            assert counted == expected, (scheme, D, S, rank["rank"])
+
+
+@pytest.mark.parametrize("run_id,scheme,cfg,D", [(i, *r) for i, r in zip(IDS, RUNS)], ids=IDS)
+def test_peak_memory_within_ten_percent(measured, run_id, scheme, cfg, D):
+    for i, S in enumerate(LENGTHS):
+        peak = max(r["lengths"][i]["memory"]["peak_bytes"] for r in measured[run_id])
+        predicted = memory_bytes(planner_layout(scheme, D), cfg, S, BATCH, FP32,
+                                 attention="cpu-sdpa").total
+        assert abs(predicted / peak - 1) < 0.10, (scheme, D, S, predicted, peak)
+
+
+def _qkv_grad_excess(cfg: Qwen3Config, D: int) -> int:
+    """With kv groups < D a head-group step has k = D / G owners, and
+    megatron_tsp.comm.ShardBroadcast.deliver keeps each owner's linear_qkv gradient as a view
+    (a dim-0 chunk: .contiguous() does not copy) of the step's k-block fp32 buffer, which then
+    stays alive as the parameter's .grad: k - 1 extra blocks per layer."""
+    k = max(D // cfg.num_query_groups, 1)
+    shard = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * cfg.kv_channels \
+        * cfg.hidden_size // D
+    return cfg.num_layers * (k - 1) * shard * FP32
+
+
+def test_model_state_is_exact(measured):
+    for run_id, (scheme, cfg, D) in zip(IDS, RUNS):
+        est = memory_bytes(planner_layout(scheme, D), cfg, LENGTHS[0], BATCH, FP32)
+        state = measured[run_id][0]["lengths"][0]
+        assert state["params_bytes"] == est.params
+        excess = _qkv_grad_excess(cfg, D) if scheme == "tsp" else 0
+        assert state["grads_bytes"] == est.grads + excess, run_id
+        # Adam's moments, plus one 4-byte step counter per parameter tensor
+        assert 0 <= state["optimizer_bytes"] - est.optimizer < 1024
+
+
+def test_all_schemes_train_the_same_model(measured):
+    for i in range(len(LENGTHS)):
+        losses = [measured[run_id][0]["lengths"][i]["loss"]
+                  for run_id, (_, cfg, _) in zip(IDS, RUNS) if cfg is GQA]
+        assert max(losses) - min(losses) < 1e-5 * abs(losses[0]), losses
+
+
+def test_tp_cp_with_one_sequence_shard_is_tp_sp():
+    assert tp_cp_transfers(GQA, 64, 1, 2, 1, 2) == tp_sp_transfers(GQA, 64, 1, 2, 2)
+
+
+def test_only_tsp_and_cp_kv_bytes_grow_with_sequence_length():
+    for scheme, layout in (("tsp", Layout("tsp", tp=4)), ("cp", Layout("cp", cp=4))):
+        short, long = (transfer_bytes(layout, GQA, S, 1, 2) for S in (1024, 4096))
+        grows = {k for k in short if short[k] != long[k]}
+        assert grows == ({"attn_kv", "attn_kv_grad"} if scheme == "tsp" else
+                         {"cp_kv", "cp_kv_grad"})
+
+
+def test_cli_recommends_a_layout_that_fits(capsys):
+    rows = planner_main(["--model-size", "8b", "--seq-length", "131072", "--gpus", "8",
+                         "--gpu", "h100"])
+    assert rows[0].fits and rows[0].layout.scheme == "tsp"
+    assert "recommended: tsp8" in capsys.readouterr().out
+    # at short context TSP's weight traffic loses to tensor parallelism's activation traffic
+    short = plans(GQA.replace(num_layers=36, hidden_size=4096, num_attention_heads=32,
+                              num_query_groups=8, kv_channels=128, ffn_hidden_size=12288,
+                              vocab_size=151936), 2048, 8, "h100")
+    assert short[0].layout.scheme != "tsp"
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--seq-length", "1024", "--gpus", "8"], "--num-layers"),
+    (["--model-size", "8b", "--seq-length", "0", "--gpus", "8"], "--seq-length"),
+    (["--model-size", "8b", "--seq-length", "1024", "--gpus", "0"], "--gpus"),
+])
+def test_cli_errors_name_the_flag(argv, flag):
+    with pytest.raises(ValueError, match=flag):
+        planner_main(argv)
