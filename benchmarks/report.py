@@ -132,7 +132,10 @@ def plot(results: dict, directory: Path, prefix: str) -> List[Path]:
     import matplotlib.pyplot as plt
 
     schemes = list(dict.fromkeys(r["scheme"] for r in results["runs"]))
-    title = f"D = {results['group_size']}, {results['network']['mode']}"
+    model, net = results["model"], results["network"]
+    link = "loopback" if net["mode"] == "loopback" else f"{net['bandwidth_mbit']:g} Mbit/s link"
+    title = (f"D = {results['group_size']}, {link}; {model['num_layers']} layers, hidden "
+             f"{model['hidden_size']}")
 
     def series(key, scheme, scale):
         runs = [r for r in results["runs"] if r["scheme"] == scheme]
