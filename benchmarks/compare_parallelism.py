@@ -1,7 +1,7 @@
 """TSP against TP, TP+SP, context parallel and one process: one training step each, side by side.
 
     python -m benchmarks.compare_parallelism --model-size tiny --seq-lengths 1024 2048 4096 \\
-        --group-size 4 [--emulate-link 250[,LATENCY_MS]] [--output-dir benchmarks/results]
+        --group-size 2 [--emulate-link 200[,LATENCY_MS]] [--output-dir benchmarks/results]
 
 Each scheme runs in its own set of D spawned gloo ranks (benchmarks/launch.py) on the same full
 model and the same batch; every rank measures its peak memory, the bytes it sent and received by

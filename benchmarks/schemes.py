@@ -28,7 +28,6 @@ from benchmarks.memory import PeakMemory
 from benchmarks.weights import full_weights, pad_rows, tensor_parallel_shard
 
 SCHEMES = ("tsp", "tp", "tp-sp", "cp", "single")
-MEGATRON_SCHEMES = ("tp", "tp-sp", "single")
 
 
 def scheme_group_size(scheme: str, group_size: int) -> int:

@@ -7,16 +7,18 @@ output and statistics; attention and MLP are recomputed), the benchmark's contex
 (benchmarks/cp_model.py: no recompute). Peak = model state + kept activations + transient, the
 transient being the most any of a few moments adds on top of the kept activations (the start of
 backward, an attention step recomputed, the end of backward with the vocabulary gradients).
-Calibrated on CPU fp32 runs, where the measured peaks are within 5%. `attention="flash"` is a GPU flash kernel (nothing of size
-S x S); `attention="cpu-sdpa"` is torch 2.13's CPU path, which materialises the lower-right causal
-mask of each non-square zigzag chunk (TSP, CP): 13 bytes per mask element while the call runs and
-4 bytes (the fp32 additive mask) kept while autograd holds the call.
+Calibrated on CPU fp32 runs, where the measured peaks are within 5%.
+
+`attention="flash"` is a GPU flash kernel (nothing of size S x S); `attention="cpu-sdpa"` is
+torch 2.13's CPU path, which materialises the lower-right causal mask of each non-square zigzag
+chunk (TSP, CP): 13 bytes per mask element while the call runs and 4 bytes (the fp32 additive
+mask) kept while autograd holds the call.
 
 Legend: s tokens on the rank, b micro-batch, h hidden, nh/G query/kv heads, hd head dim, F FFN,
 L layers, V vocabulary (Vp padded), e bytes per activation element, t tensor-parallel size.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.planner_bytes import FP32, Layout, params_per_rank, vocab_rows
@@ -40,9 +42,6 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return self.params + self.grads + self.optimizer + self.activations + self.transient
-
-    def as_dict(self) -> dict:
-        return dict(asdict(self), total=self.total)
 
 
 def model_state_bytes(P: int, e: int, dp: int, distributed_optimizer: bool):
