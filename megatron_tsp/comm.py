@@ -95,7 +95,8 @@ def _all_gather_dim0(local: torch.Tensor, kind: str) -> torch.Tensor:
 
 def _reduce_scatter_dim0(full: torch.Tensor, kind: str) -> torch.Tensor:
     D = ps.get_tsp_world_size()
-    out = torch.empty((full.shape[0] // D,) + tuple(full.shape[1:]), dtype=full.dtype)
+    out = torch.empty((full.shape[0] // D,) + tuple(full.shape[1:]), dtype=full.dtype,
+                      device=full.device)
     count_bytes(kind, sent=_nbytes(out) * (D - 1), received=_nbytes(out) * (D - 1))
     dist.reduce_scatter_single(out, full.contiguous(), group=ps.get_tsp_group())
     return out
