@@ -24,6 +24,7 @@ from megatron.training.global_vars import set_global_variables  # noqa: E402
 from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args  # noqa: E402
 from megatron_tsp.training.data import (  # noqa: E402
     prepare_embedded_data, train_valid_test_datasets_provider)
+from megatron_tsp.training import nonfinite  # noqa: E402
 from megatron_tsp.training.step import forward_step, model_provider  # noqa: E402
 
 
@@ -39,6 +40,7 @@ def main(argv=None):
     prepare_embedded_data(args)
     validate_args(args, {})
     set_global_variables(args)
+    nonfinite.install(args)
     config = pretrain_cfg_container_from_args(args, None)
     pretrain(config, train_valid_test_datasets_provider, ModelType.encoder_or_decoder,
              forward_step, model_provider=model_provider)

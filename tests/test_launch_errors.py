@@ -45,6 +45,8 @@ CASES = [
     (["--tsp-size", "two", *MOCK], 1, "--tsp-size"),
     (["--tsp-size", "4", "--num-attention-heads", "4", "--num-query-groups", "1",
       "--kv-channels", "3", "--seq-length", "64", *MOCK], 4, "--kv-channels"),
+    (["--max-consecutive-nonfinite-iterations", "0", *MOCK], 1,
+     "--max-consecutive-nonfinite-iterations"),
 ]
 
 

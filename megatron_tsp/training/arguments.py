@@ -79,6 +79,13 @@ def add_tsp_arguments(parser):
                             "every sequence (takes Megatron's tensor-parallel slot)")
     group.add_argument("--model-size", choices=sorted(PRESETS), default="tiny",
                        help="Qwen3 shape; every shape flag given explicitly overrides it")
+    group.add_argument("--max-consecutive-nonfinite-iterations", type=int, default=5,
+                       help="an iteration whose loss or gradients hold NaN/Inf is skipped, logged "
+                            "and counted; this many in a row stop the job (1: stop at the first). "
+                            "Replaces Megatron's --check-for-nan-in-loss-and-grad")
+    group.add_argument("--debug-nonfinite-loss-iterations", type=int, nargs="+", default=None,
+                       metavar="ITERATION",
+                       help="testing aid: the last rank's loss is NaN at these iterations")
     return parser
 
 
@@ -235,4 +242,9 @@ def prepare_args(args, argv: Iterable[str]) -> None:
                         pipeline_size=args.pipeline_model_parallel_size)
     if args.save and args.save_interval is None:
         raise ValueError("--save needs --save-interval (iterations between checkpoints)")
+    if args.max_consecutive_nonfinite_iterations < 1:
+        raise ValueError("--max-consecutive-nonfinite-iterations must be >= 1, got "
+                         f"{args.max_consecutive_nonfinite_iterations}")
+    # training/nonfinite.py skips such iterations; Megatron's check would abort at the first
+    args.check_for_nan_in_loss_and_grad = False
     _check_checkpoint_shape(args)

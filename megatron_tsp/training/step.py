@@ -20,6 +20,7 @@ from megatron_tsp.checkpoint import checkpoint_args
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 from megatron_tsp.training.arguments import qwen3_config_from_args
+from megatron_tsp.training import nonfinite
 from megatron_tsp.training.data import get_local_batch
 
 
@@ -58,7 +59,7 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     """(local loss sum, global token count, {'lm loss': [global sum, global count]})."""
     losses = output_tensor.float().reshape(-1)
     loss_mask = loss_mask.float().reshape(-1)
-    local_sum = torch.sum(losses * loss_mask)
+    local_sum = nonfinite.note_loss(torch.sum(losses * loss_mask))
     totals = torch.stack([local_sum.detach(), loss_mask.sum()])
     comm.all_reduce_sum(totals, "loss")
     num_tokens = totals[1].to(torch.int)
