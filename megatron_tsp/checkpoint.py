@@ -55,6 +55,31 @@ def checkpoint_dir(load: str) -> Path:
     return directory
 
 
+def check_checkpoint_files(load: str) -> None:
+    """Every shard file the checkpoint's metadata names exists and is as long as the metadata
+    says: a missing or truncated shard is named before anything is loaded (a shard cut mid-way
+    would otherwise fail mid-load, or not at all for entries before the cut)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    directory = checkpoint_dir(load)
+    try:
+        storage = FileSystemReader(str(directory)).read_metadata().storage_data
+    except Exception as error:
+        raise ValueError(f"--load {load}: cannot read {directory / '.metadata'} "
+                         f"({type(error).__name__}: {str(error)[:300]})") from None
+    needed = {}
+    for item in storage.values():
+        needed[item.relative_path] = max(needed.get(item.relative_path, 0),
+                                         item.offset + item.length)
+    for name, end in sorted(needed.items()):
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"--load {load}: {path} is missing (the checkpoint's metadata "
+                             "names it)")
+        if path.stat().st_size < end:
+            raise ValueError(f"--load {load}: {path} is truncated: {path.stat().st_size} bytes, "
+                             f"the checkpoint's metadata needs {end}")
+
+
 def checkpoint_args(load: str):
     """The Megatron args a checkpoint was saved with (no process group needed)."""
     from megatron.core import dist_checkpointing

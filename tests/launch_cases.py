@@ -7,12 +7,24 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def run_cases(cases, cwd, cache_dir):
+    """[{code, stderr, seconds}] of each (argv, WORLD_SIZE) case, run in a fresh process."""
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve())],
+                            input=json.dumps([(list(map(str, argv)), world)
+                                              for argv, world in cases]),
+                            capture_output=True, text=True, timeout=300, cwd=cwd,
+                            env=dict(os.environ, MEGATRON_TSP_CACHE=str(cache_dir)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main():

@@ -1,12 +1,7 @@
 """Bad launch input: every case exits non-zero within seconds, names the flag, writes nothing."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from tests.launch_cases import run_cases
 
-ROOT = Path(__file__).resolve().parents[1]
 MOCK = ["--mock-data", "--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3",
         "--save-interval", "1"]
 
@@ -53,12 +48,7 @@ CASES = [
 def test_every_bad_launch_exits_fast_naming_the_flag_and_writes_nothing(tmp_path):
     cases = [(argv + ["--save", str(tmp_path / "ckpt"), "--tensorboard-dir",
                       str(tmp_path / "tb")], world) for argv, world, _ in CASES]
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "launch_cases.py")],
-                            input=json.dumps(cases), capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path,
-                            env=dict(os.environ, MEGATRON_TSP_CACHE=str(tmp_path / "cache")))
-    assert result.returncode == 0, result.stderr[-3000:]
-    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    outcomes = run_cases(cases, tmp_path, tmp_path / "cache")
     assert len(outcomes) == len(CASES) >= 20
     for (argv, _, flag), outcome in zip(CASES, outcomes):
         assert outcome["code"] != 0, (argv, outcome)

@@ -1,50 +1,56 @@
 """Loading a checkpoint never runs code hidden in it: the pickled common state of a torch_dist
-checkpoint is read with weights_only, so a crafted payload is refused and never executed."""
+checkpoint is read with weights_only and its .metadata by an unpickler that admits only DCP's
+metadata classes, so a crafted payload is refused and never executed."""
 
-import os
+import pickle
 
 import pytest
-import torch
 
-from megatron_tsp.checkpoint import checkpoint_args
+from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args
 from tests.dist import run_distributed
-
-
-class _RunsCodeWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def _save(directory, marker=None):
-    """Save a tiny checkpoint whose args are the payload (built here, in the saving process:
-    handing it over to this process would itself unpickle it)."""
-    import argparse
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-    iteration = directory / "iter_0000001"
-    iteration.mkdir(parents=True)
-    args = _RunsCodeWhenUnpickled(marker) if marker else argparse.Namespace(num_layers=3)
-    state = {"args": args, "weight": ShardedTensor.from_rank_offsets("weight", torch.ones(4))}
-    torch.distributed.init_process_group("gloo")
-    dist_checkpointing.save(state, str(iteration))
-    (directory / "latest_checkpointed_iteration.txt").write_text("1")
-
-
-def _write_checkpoint(directory, marker=None):
-    run_distributed(_save, 1, directory, marker)
+from tests.small_checkpoint import RunsCodeWhenUnpickled, write_checkpoint
 
 
 def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path):
     marker = tmp_path / "code_ran"
-    _write_checkpoint(tmp_path / "ckpt", str(marker))
+    write_checkpoint(tmp_path / "ckpt", str(marker))
     with pytest.raises(ValueError, match="cannot read the checkpoint metadata"):
         checkpoint_args(str(tmp_path / "ckpt"))
     assert not marker.exists()
 
 
 def test_an_honest_checkpoint_still_loads(tmp_path):
-    _write_checkpoint(tmp_path / "ckpt")
+    write_checkpoint(tmp_path / "ckpt")
     assert checkpoint_args(str(tmp_path / "ckpt")).num_layers == 3
+
+
+def _load_with_megatron(directory):
+    """Megatron's own torch_dist load of the checkpoint: the error it raises, as text."""
+    import torch
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    torch.distributed.init_process_group("gloo")
+    request = {"weight": ShardedTensor.from_rank_offsets("weight", torch.empty(2000))}
+    try:
+        dist_checkpointing.load(request, directory)
+    except BaseException as error:  # DCP's CheckpointException is a BaseException
+        return repr(error)
+    return None
+
+
+def test_a_metadata_file_carrying_code_is_refused_and_the_code_never_runs(tmp_path):
+    iteration = write_checkpoint(tmp_path / "ckpt")
+    marker = tmp_path / "code_ran"
+    with open(iteration / ".metadata", "wb") as f:
+        pickle.dump(RunsCodeWhenUnpickled(str(marker)), f)
+    with pytest.raises(ValueError, match=r"cannot read .*\.metadata .*posix.system is not part"):
+        check_checkpoint_files(str(tmp_path / "ckpt"))
+    error = run_distributed(_load_with_megatron, 1, str(iteration))[0]
+    assert error is not None and "is not part of checkpoint metadata" in error, error
+    assert not marker.exists()
+
+
+def test_an_honest_metadata_file_still_loads_with_megatron(tmp_path):
+    iteration = write_checkpoint(tmp_path / "ckpt")
+    check_checkpoint_files(str(tmp_path / "ckpt"))
+    assert run_distributed(_load_with_megatron, 1, str(iteration))[0] is None

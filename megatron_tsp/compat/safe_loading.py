@@ -1,16 +1,34 @@
 """Untrusted checkpoint files never execute code when they are read.
 
-torch/distributed/checkpoint/default_planner.py DefaultLoadPlanner.load_bytes unpickles every
+Two pickles in a torch_dist checkpoint were read unrestricted; both are closed here, everywhere
+(this is not CPU-specific):
+
+1. torch/distributed/checkpoint/filesystem.py FileSystemReader.read_metadata reads `.metadata`
+with pickle.load. It is read here by an unpickler that admits only the classes DCP metadata is
+made of (its dataclasses and enums, torch.Size, dtypes, layouts) and refuses every other global.
+
+2. torch/distributed/checkpoint/default_planner.py DefaultLoadPlanner.load_bytes unpickles every
 non-tensor entry of a checkpoint (Megatron's common state: args, iteration, optimizer and RNG
 metadata) with torch.load(weights_only=False): a crafted checkpoint could run arbitrary code on
 --load. megatron-core's own MCoreLoadPlanner inherits it. Here it unpickles with
 weights_only=True, which admits tensors, containers and the classes megatron-core registers as
 safe (megatron/core/safe_globals.py: argparse.Namespace, its enums, ...) and refuses the rest.
-Applied everywhere: it is not CPU-specific.
 """
+
+import dataclasses
+import enum
+import pickle
 
 import torch
 from torch.distributed.checkpoint import default_planner
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import StorageMeta
+
+_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",
+                     "torch.distributed.checkpoint.planner",
+                     "torch.distributed.checkpoint.filesystem")
+_METADATA_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+                     ("collections", "OrderedDict")}
 
 _applied = False
 
@@ -23,6 +41,31 @@ def _load_bytes_weights_only(self, read_item, value) -> None:
         self.state_dict[read_item.dest_index.fqn] = obj
 
 
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        # decide before importing: importing an arbitrary module can itself run code
+        if (module, name) in _METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module in _METADATA_MODULES:
+            found = super().find_class(module, name)
+            if isinstance(found, type) and (dataclasses.is_dataclass(found)
+                                            or issubclass(found, enum.Enum)):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of checkpoint metadata")
+
+
+def _read_metadata_restricted(self, *args, **kwargs):
+    path = self._get_metadata_path(kwargs.get("rank"))
+    with self.fs.create_stream(path, "rb") as metadata_file:
+        metadata = _MetadataUnpickler(metadata_file).load()
+    if getattr(metadata, "storage_meta", None) is None:
+        metadata.storage_meta = StorageMeta()
+    metadata.storage_meta.load_id = self.load_id
+    return metadata
+
+
 def apply_safe_loading() -> None:
     global _applied
     if _applied:
@@ -30,3 +73,4 @@ def apply_safe_loading() -> None:
     _applied = True
     import megatron.core  # noqa: F401  (registers megatron-core's safe globals)
     default_planner.DefaultLoadPlanner.load_bytes = _load_bytes_weights_only
+    FileSystemReader.read_metadata = _read_metadata_restricted

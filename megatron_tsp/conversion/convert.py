@@ -22,7 +22,8 @@ from megatron_tsp.conversion.hf_qwen3 import (
     hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf)
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.models.full_weights import load_full_tensors
-from megatron_tsp.checkpoint import checkpoint_args, checkpoint_dir, load_model_weights
+from megatron_tsp.checkpoint import (check_checkpoint_files, checkpoint_args, checkpoint_dir,
+                                     load_model_weights)
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -97,6 +98,7 @@ def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
 def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
     """A TSP model (current TSP group, initialised here at D = 1 if needed) from a checkpoint."""
     from megatron_tsp.training.arguments import qwen3_config_from_args
+    check_checkpoint_files(load)
     args = checkpoint_args(load)
     config = qwen3_config_from_args(args, getattr(args, "tsp_vocab_size", args.padded_vocab_size))
     if not torch.distributed.is_initialized():

@@ -15,6 +15,7 @@ import torch
 
 from megatron_tsp.models.config import PRESETS, qwen3_preset
 from megatron_tsp.parallel_state import validate_tsp_config
+from megatron_tsp.training.indexed_data import check_indexed_dataset
 
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -176,17 +177,15 @@ def _check_data_paths(args) -> None:
                 continue
             except ValueError:
                 pass
-            for suffix in (".bin", ".idx"):
-                if not Path(entry + suffix).is_file():
-                    raise ValueError(f"--{flag.replace('_', '-')} {entry}: {entry + suffix} "
-                                     "does not exist")
+            check_indexed_dataset(entry, f"--{flag.replace('_', '-')}")
 
 
-def _check_checkpoint_shape(args) -> None:
-    """A checkpoint to resume must have the shape the arguments describe."""
+def _check_checkpoint(args) -> None:
+    """A checkpoint to resume must be whole and have the shape the arguments describe."""
     if not args.load or not (Path(args.load) / "latest_checkpointed_iteration.txt").is_file():
         return
-    from megatron_tsp.checkpoint import checkpoint_args
+    from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args
+    check_checkpoint_files(args.load)
     saved = checkpoint_args(args.load)
     for flag, (dest, _) in _SHAPE_FLAGS.items():
         if flag in _ARCHITECTURE_NUMERICS:
@@ -247,4 +246,4 @@ def prepare_args(args, argv: Iterable[str]) -> None:
                          f"{args.max_consecutive_nonfinite_iterations}")
     # training/nonfinite.py skips such iterations; Megatron's check would abort at the first
     args.check_for_nan_in_loss_and_grad = False
-    _check_checkpoint_shape(args)
+    _check_checkpoint(args)

@@ -1,0 +1,101 @@
+"""Corrupt inputs are reported, not trusted: a cut or mismatched dataset file and a cut or missing
+checkpoint shard stop the real entry points at launch, naming the file, before anything is read
+into the model or written."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy
+import pytest
+import torch
+
+from tests.launch_cases import ROOT, run_cases
+from tests.small_checkpoint import write_checkpoint
+
+MOCK = ["--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3", "--save-interval", "1"]
+
+
+def _write_dataset(prefix, documents, seed):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    generator = torch.Generator().manual_seed(seed)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
+    for length in range(20, 20 + documents):
+        builder.add_document(torch.randint(0, 4096, (length,), generator=generator), [length])
+    builder.finalize(f"{prefix}.idx")
+
+
+def _cut(path, nbytes):
+    os.truncate(path, os.path.getsize(path) - nbytes)
+
+
+@pytest.fixture()
+def datasets(tmp_path):
+    """prefix -> what is wrong with it; `good` is whole (and loads in Megatron's reader)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("good", "short_bin", "short_idx", "not_an_index", "swapped"):
+        _write_dataset(root / name, documents=5, seed=0)
+    _write_dataset(root / "other", documents=7, seed=1)
+    _cut(root / "short_bin.bin", 2)
+    _cut(root / "short_idx.idx", 8)
+    (root / "not_an_index.idx").write_bytes(b"this is not an index")
+    shutil.copy(root / "other.bin", root / "swapped.bin")
+    return root
+
+
+def test_corrupt_datasets_are_named_at_launch(tmp_path, datasets):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    assert len(IndexedDataset(str(datasets / "good"))) == 5
+    expected = {"short_bin": "short_bin.bin is corrupt: ", "short_idx": "short_idx.idx is corrupt",
+                "not_an_index": "not_an_index.idx is corrupt: not a Megatron index file",
+                "swapped": "swapped.bin is corrupt: "}
+    save = ["--save", tmp_path / "ckpt"]
+    cases = [(["--data-path", datasets / name, *MOCK, *save], 1) for name in expected]
+    cases.append((["--data-path", "0.5", datasets / "good", "0.5", datasets / "short_bin",
+                   *MOCK, *save], 1))
+    expected["blend"] = "short_bin.bin is corrupt: "
+    for (name, text), outcome in zip(expected.items(), run_cases(cases, tmp_path,
+                                                                 tmp_path / "cache")):
+        assert outcome["code"] != 0, (name, outcome)
+        assert "--data-path" in outcome["stderr"] and text in outcome["stderr"], (name, outcome)
+        assert outcome["seconds"] < 10
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.fixture()
+def broken_checkpoints(tmp_path):
+    """{name: (checkpoint, the file its error must name)}: one shard cut, one missing."""
+    broken = {}
+    for name in ("cut", "missing"):
+        iteration = write_checkpoint(tmp_path / name)
+        shards = sorted(iteration.glob("*.distcp"))
+        assert len(shards) == 2
+        if name == "cut":
+            _cut(shards[1], 100)
+        else:
+            shards[1].unlink()
+        broken[name] = (tmp_path / name, shards[1])
+    return broken
+
+
+def test_a_cut_or_missing_checkpoint_shard_is_named_at_launch(tmp_path, broken_checkpoints):
+    cases = [(["--mock-data", "--load", checkpoint, *MOCK], 1)
+             for checkpoint, _ in broken_checkpoints.values()]
+    outcomes = run_cases(cases, tmp_path, tmp_path / "cache")
+    for (name, (checkpoint, shard)), outcome in zip(broken_checkpoints.items(), outcomes):
+        assert outcome["code"] != 0
+        message = "is truncated: " if name == "cut" else "is missing"
+        assert f"--load {checkpoint}: {shard} {message}" in outcome["stderr"], outcome
+        assert outcome["seconds"] < 10
+
+
+def test_export_of_a_cut_checkpoint_fails_naming_the_shard(tmp_path, broken_checkpoints):
+    checkpoint, shard = broken_checkpoints["cut"]
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"),
+                             "export-hf", "--load", str(checkpoint), "--hf-path",
+                             str(tmp_path / "hf")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"{shard} is truncated: " in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "hf").exists()
