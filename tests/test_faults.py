@@ -1,4 +1,5 @@
-"""Faults injected for real: a rank killed mid-training, and reruns with the same seed."""
+"""Faults injected for real: a rank killed mid-training, the whole job killed mid-save, and
+reruns with the same seed."""
 
 import os
 import signal
@@ -80,3 +81,38 @@ def test_a_killed_rank_stops_the_job_fast_and_a_restart_continues_exactly(tmp_pa
     assert min(resumed) == 11
     for i in range(11, 31):
         assert abs(resumed[i] - straight[i]) <= 1e-6 * straight[i], (i, resumed[i], straight[i])
+
+
+def test_a_job_killed_mid_save_keeps_the_previous_checkpoint_and_resumes_exactly(tmp_path):
+    cache, checkpoint = tmp_path / "cache", tmp_path / "ckpt"
+    run = RUN[:-1] + ["12", "--save", checkpoint, "--save-interval", "4"]
+    straight = losses_of(2, RUN[:-1] + ["12"], cache)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(_free_port()), str(ROOT / "pretrain_qwen3.py"),
+               *map(str, run)]
+    log_path = tmp_path / "job.log"
+    with open(log_path, "w") as log_file:
+        job = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                               start_new_session=True,
+                               env=dict(os.environ, MEGATRON_TSP_CACHE=str(cache)))
+    saving = checkpoint / "iter_0000008"
+    deadline = time.monotonic() + 300
+    while not (saving.is_dir() and any(saving.iterdir())):  # the second save has begun writing
+        assert job.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.005)
+    descendants = psutil.Process(job.pid).children(recursive=True)
+    os.killpg(job.pid, signal.SIGKILL)  # the whole job at once, as a lost node or scheduler does
+    for process in descendants:
+        if process.is_running():
+            process.kill()
+    job.wait(timeout=60)
+    written = sorted(p.name for p in saving.iterdir())
+    assert ".metadata" not in written, f"the save finished before the kill: {written}"
+    assert "successfully saved checkpoint from iteration       8" not in log_path.read_text()
+    assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "4", written
+    resumed = losses_of(2, run + ["--load", checkpoint], cache)
+    assert min(resumed) == 5, written
+    for i in range(5, 13):
+        assert abs(resumed[i] - straight[i]) <= 1e-6 * straight[i], (i, resumed[i], straight[i])
+    # the resumed run saved over the interrupted directory
+    assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "12"

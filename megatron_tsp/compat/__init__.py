@@ -9,9 +9,11 @@ megatron-core place it addresses.
 from megatron_tsp.compat.cpu import apply_cpu_adaptations
 from megatron_tsp.compat.imports import apply_import_adaptations
 from megatron_tsp.compat.safe_loading import apply_safe_loading
+from megatron_tsp.compat.tracker import apply_atomic_tracker
 from megatron_tsp.compat.training import apply_training_adaptations
 
 apply_import_adaptations()
 apply_cpu_adaptations()
 apply_training_adaptations()
 apply_safe_loading()
+apply_atomic_tracker()
