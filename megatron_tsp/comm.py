@@ -173,10 +173,13 @@ class ShardBroadcast:
         for i, (g, d) in enumerate(zip(grads, self.dims)):
             for j, block in enumerate(g.float().chunk(self.k, dim=d)):
                 owner = step * self.k + j
-                block = block.contiguous()
                 if owner == self.p:
+                    # its own storage: a view would keep the step's k-block buffer alive as .grad
+                    block = block.clone(memory_format=torch.contiguous_format)
                     self._own_grad_buffers = self._own_grad_buffers or [None] * len(self.dims)
                     self._own_grad_buffers[i] = block
+                else:
+                    block = block.contiguous()
                 if self.D > 1:
                     self._reduce_work.append(reduce_to_owner(block, owner, self.kind + "_grad"))
 

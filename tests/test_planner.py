@@ -61,24 +61,12 @@ def test_peak_memory_within_ten_percent(measured, run_id, scheme, cfg, D):
         assert abs(predicted / peak - 1) < 0.10, (scheme, D, S, predicted, peak)
 
 
-def _qkv_grad_excess(cfg: Qwen3Config, D: int) -> int:
-    """With kv groups < D a head-group step has k = D / G owners, and
-    megatron_tsp.comm.ShardBroadcast.deliver keeps each owner's linear_qkv gradient as a view
-    (a dim-0 chunk: .contiguous() does not copy) of the step's k-block fp32 buffer, which then
-    stays alive as the parameter's .grad: k - 1 extra blocks per layer."""
-    k = max(D // cfg.num_query_groups, 1)
-    shard = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * cfg.kv_channels \
-        * cfg.hidden_size // D
-    return cfg.num_layers * (k - 1) * shard * FP32
-
-
 def test_model_state_is_exact(measured):
     for run_id, (scheme, cfg, D) in zip(IDS, RUNS):
         est = memory_bytes(planner_layout(scheme, D), cfg, LENGTHS[0], BATCH, FP32)
         state = measured[run_id][0]["lengths"][0]
         assert state["params_bytes"] == est.params
-        excess = _qkv_grad_excess(cfg, D) if scheme == "tsp" else 0
-        assert state["grads_bytes"] == est.grads + excess, run_id
+        assert state["grads_bytes"] == est.grads, run_id
         # Adam's moments, plus one 4-byte step counter per parameter tensor
         assert 0 <= state["optimizer_bytes"] - est.optimizer < 1024
 
