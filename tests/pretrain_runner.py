@@ -2,10 +2,11 @@
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from megatron_tsp.spawn import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 _ITERATION = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: ([0-9.Ee+-]+)")
@@ -16,16 +17,10 @@ MOCK_RUN = ["--mock-data", "--model-size", "tiny", "--seq-length", "64", "--micr
             "--seed", "1234"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_pretrain(nproc: int, args, cache_dir, timeout: float = 300, env=None):
     """(returncode, {iteration: lm loss}, combined output) of one torchrun job."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(_free_port()), str(ROOT / "pretrain_qwen3.py"),
+               "--master-port", str(free_port()), str(ROOT / "pretrain_qwen3.py"),
                *map(str, args)]
     environment = dict(os.environ, MEGATRON_TSP_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
                        **(env or {}))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.dist import run_distributed
-from tests.pretrain_runner import MOCK_RUN, ROOT, _ITERATION, _free_port, losses_of
+from megatron_tsp.spawn import free_port
+from tests.pretrain_runner import MOCK_RUN, ROOT, _ITERATION, losses_of
 
 pytestmark = pytest.mark.slow
 RUN = MOCK_RUN + ["--tsp-size", "2", "--seq-length", "128", "--train-iters", "30"]
@@ -51,7 +52,7 @@ def test_a_killed_rank_stops_the_job_fast_and_a_restart_continues_exactly(tmp_pa
     cache, checkpoint = tmp_path / "cache", tmp_path / "ckpt"
     straight = losses_of(2, RUN, cache)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(_free_port()), str(ROOT / "pretrain_qwen3.py"),
+               "--master-port", str(free_port()), str(ROOT / "pretrain_qwen3.py"),
                *map(str, RUN + ["--save", checkpoint, "--save-interval", "10"])]
     log_path = tmp_path / "job.log"
     with open(log_path, "w") as log_file:  # a file, not a pipe: orphans cannot hold it open
@@ -88,7 +89,7 @@ def test_a_job_killed_mid_save_keeps_the_previous_checkpoint_and_resumes_exactly
     run = RUN[:-1] + ["12", "--save", checkpoint, "--save-interval", "4"]
     straight = losses_of(2, RUN[:-1] + ["12"], cache)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(_free_port()), str(ROOT / "pretrain_qwen3.py"),
+               "--master-port", str(free_port()), str(ROOT / "pretrain_qwen3.py"),
                *map(str, run)]
     log_path = tmp_path / "job.log"
     with open(log_path, "w") as log_file:

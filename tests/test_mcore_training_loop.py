@@ -12,12 +12,13 @@ loop are tests/test_pretrain_e2e.py.
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from megatron_tsp.spawn import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +47,10 @@ _VALID_LOSS = re.compile(r"validation loss at iteration (\d+)(?: on validation s
                          r"lm loss value: ([0-9.Ee+-]+)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_pretrain(*args: str, nproc: int = 2, timeout: float = 120.0) -> str:
     """Run the driver under torchrun; return its combined output (fails the test on error)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
            str(DRIVER), *BASE_ARGS, *args]
     env = {**os.environ, "CUDA_DEVICE_MAX_CONNECTIONS": "1", "OMP_NUM_THREADS": "1"}
     # Own session, so that a run past its time is stopped with all its ranks.
