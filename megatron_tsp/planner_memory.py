@@ -3,7 +3,7 @@
 Activations are counted tensor by tensor from what each implementation keeps for backward (the
 saved-tensor inventory of one layer, per token): megatron-core GPTModel with the local spec and a
 fused attention core (tp, tp-sp, single), megatron_tsp's TSP model (keeps only each norm's input,
-output and statistics; attention and MLP are recomputed), the benchmark's context-parallel model
+output and 1/rms; attention and MLP are recomputed), the benchmark's context-parallel model
 (benchmarks/cp_model.py: no recompute). Peak = model state + kept activations + transient, the
 transient being the most any of a few moments adds on top of the kept activations (the start of
 backward, an attention step recomputed, the end of backward with the vocabulary gradients).
@@ -55,9 +55,16 @@ def model_state_bytes(P: int, e: int, dp: int, distributed_optimizer: bool):
 
 
 def _norm_bytes(tokens: int, h: int, e: int) -> int:
-    """An RMSNorm composed of torch ops keeps its input upcast to fp32, the normalised input
-    cast back to e, its output (kept by the next layer) and an fp32 1/rms per token."""
+    """Megatron's RMSNorm (torch ops under autograd) keeps its input upcast to fp32, the
+    normalised input cast back to e, its output (kept by the next layer) and an fp32 1/rms per
+    token."""
     return tokens * (h * (FP32 + 2 * e) + FP32)
+
+
+def _tsp_norm_bytes(tokens: int, h: int, e: int) -> int:
+    """megatron_tsp's RMSNorm (layers/norm.py) keeps its input, its output (kept by the next
+    layer) and an fp32 1/rms per token; the normalised input is recomputed in backward."""
+    return tokens * (2 * h * e + FP32)
 
 
 def _q_copies(heads_per_group: int, groups_per_rank: int) -> int:
@@ -104,7 +111,7 @@ def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> in
     MLP recompute from their input); globally the final norm, fp32 RoPE cos/sin, the loss's fp32
     log-sum-exp and the local ids and labels."""
     s, h = S // D * b, cfg.hidden_size
-    return ((2 * cfg.num_layers + 1) * _norm_bytes(s, h, e)
+    return ((2 * cfg.num_layers + 1) * _tsp_norm_bytes(s, h, e)
             + s * (2 * cfg.kv_channels * FP32 + FP32 + 2 * INT64))
 
 
@@ -123,7 +130,7 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attent
     steps = min(cfg.num_query_groups, D)
     kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
     mask = MASK_CALL_BYTES * (S // (2 * D)) * S if attention == "cpu-sdpa" else 0
-    attention_step = 4 * kv_step + 4 * s * h * FP32 - 2 * _norm_bytes(s, h, e) + mask
+    attention_step = 4 * kv_step + 4 * s * h * FP32 - 2 * _tsp_norm_bytes(s, h, e) + mask
     return max(vocab, attention_step)
 
 
@@ -141,13 +148,14 @@ def cp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: 
     index and, on CPU, each chunk's fp32 mask (the rank with the most)."""
     s, h, nh, G, hd, F = (S // D * b, cfg.hidden_size, cfg.num_attention_heads,
                           cfg.num_query_groups, cfg.kv_channels, cfg.ffn_hidden_size)
-    q_tensors = 4 + _q_copies(nh // G, G)
-    per_token = ((nh + 2 * G) * hd + q_tensors * nh * hd + G * hd + 4 * F) * e \
+    # q: its norm's output, RoPE's rotated half and output (+ a copy); k: norm output, rotated half
+    q_tensors = 3 + _q_copies(nh // G, G)
+    per_token = ((nh + 2 * G) * hd + q_tensors * nh * hd + 2 * G * hd + 4 * F) * e \
         + (2 * nh + G) * FP32
     masks = 0
     if attention == "cpu-sdpa":
         masks = MASK_KEPT_BYTES * max(_mask_elements(S, D, r) for r in range(D))
-    return (2 * _norm_bytes(s, h, e) + s * per_token + S * b * 2 * G * hd * e + S * INT64
+    return (2 * _tsp_norm_bytes(s, h, e) + s * per_token + S * b * 2 * G * hd * e + S * INT64
             + masks)
 
 
@@ -155,7 +163,7 @@ def cp_global_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
     """Outside the layers: the final norm, the fp32 log-softmax over the full vocabulary, fp32
     RoPE cos/sin and the local ids and labels."""
     s = S // D * b
-    return (_norm_bytes(s, cfg.hidden_size, e)
+    return (_tsp_norm_bytes(s, cfg.hidden_size, e)
             + s * (cfg.vocab_size * FP32 + 2 * cfg.kv_channels * FP32 + 2 * INT64))
 
 
@@ -167,7 +175,8 @@ def cp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attenti
     backward_start = 2 * s * cfg.vocab_size * FP32
     if attention != "cpu-sdpa":
         return backward_start
-    not_yet = s * (4 * F * e + cfg.vocab_size * FP32) + 2 * _norm_bytes(s, cfg.hidden_size, e)
+    not_yet = (s * (4 * F * e + cfg.vocab_size * FP32)
+               + 2 * _tsp_norm_bytes(s, cfg.hidden_size, e))
     mask_call = (MASK_CALL_BYTES - MASK_KEPT_BYTES) * (S // (2 * D)) * S - not_yet
     return max(backward_start, mask_call)
 
