@@ -2,7 +2,8 @@
 tools/convert_checkpoint.py, trained on with pretrain_qwen3.py --load at --tsp-size 2, saved,
 exported back, and read by transformers. Every sample of the dataset is the same sequence, so the
 loss Megatron logs at an iteration is transformers' loss on that sequence with the weights of
-that moment."""
+that moment. The model's shape flags come from the imported checkpoint
+(--use-checkpoint-args)."""
 
 import re
 
@@ -46,17 +47,10 @@ def test_import_train_export_keeps_transformers_loss(tmp_path):
                             generator=torch.Generator().manual_seed(3))
     _repeated_dataset(tmp_path / "repeated", pattern)
     sample = torch.cat([pattern, pattern[:1]])
-    shape = ["--num-layers", HF_SHAPE["num_hidden_layers"], "--hidden-size",
-             HF_SHAPE["hidden_size"], "--num-attention-heads", HF_SHAPE["num_attention_heads"],
-             "--num-query-groups", HF_SHAPE["num_key_value_heads"], "--kv-channels",
-             HF_SHAPE["head_dim"], "--ffn-hidden-size", HF_SHAPE["intermediate_size"],
-             "--max-position-embeddings", HF_SHAPE["max_position_embeddings"],
-             "--norm-epsilon", HF_SHAPE["rms_norm_eps"], "--rotary-base", "1000000",
-             "--untie-embeddings-and-output-weights"]
     code, losses, log = run_pretrain(
         2, ["--tsp-size", "2", "--load", tmp_path / "imported", "--data-path",
             tmp_path / "repeated", "--split", "50,50,0", "--tokenizer-type", "NullTokenizer",
-            "--vocab-size", HF_SHAPE["vocab_size"], *shape, "--seq-length", SEQ,
+            "--vocab-size", HF_SHAPE["vocab_size"], "--use-checkpoint-args", "--seq-length", SEQ,
             "--micro-batch-size", "1", "--global-batch-size", "1", "--train-iters", "4",
             "--lr", "1e-3", "--lr-decay-style", "constant", "--log-interval", "1",
             "--eval-interval", "4", "--eval-iters", "1", "--save", tmp_path / "trained",

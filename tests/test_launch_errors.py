@@ -42,6 +42,7 @@ CASES = [
       "--kv-channels", "3", "--seq-length", "64", *MOCK], 4, "--kv-channels"),
     (["--max-consecutive-nonfinite-iterations", "0", *MOCK], 1,
      "--max-consecutive-nonfinite-iterations"),
+    (["--use-checkpoint-args", *MOCK], 1, "--use-checkpoint-args"),
 ]
 
 

@@ -1,7 +1,8 @@
 """pretrain_qwen3.py's arguments: Megatron-LM's own flags plus --tsp-size and --model-size.
 
 Megatron's parser reads the command line; then, before any process group or file is touched:
---model-size fills every shape flag not given explicitly, Qwen3's architecture flags are set,
+--model-size (or, with --use-checkpoint-args, the --load checkpoint) fills every shape flag not
+given explicitly, Qwen3's architecture flags are set,
 CPU-safe defaults are chosen when there is no GPU, the embedded corpus is used when no data flag
 is given, --tsp-size takes Megatron's tensor-parallel slot, and every size is validated with a
 message naming the flag.
@@ -9,7 +10,7 @@ message naming the flag.
 
 import os
 from pathlib import Path
-from typing import Iterable, Set
+from typing import Dict, Iterable, Set
 
 import torch
 
@@ -32,6 +33,8 @@ _SHAPE_FLAGS = {
     "--rotary-base": ("rotary_base", "rotary_base"),
     "--init-method-std": ("init_method_std", "init_method_std"),
 }
+_SHAPE_DESTS = [*(dest for dest, _ in _SHAPE_FLAGS.values()),
+                "untie_embeddings_and_output_weights"]
 # what makes a Megatron GPT a Qwen3: always set
 _QWEN3_ARCHITECTURE = dict(qk_layernorm=True, swiglu=True, normalization="RMSNorm",
                            add_bias_linear=False, add_qkv_bias=False, group_query_attention=True,
@@ -110,13 +113,27 @@ def _reject_replaced_parallelism(args) -> None:
                          "TSP already shards the sequence")
 
 
-def _apply_shape(args, explicit: Set[str]) -> None:
+def _shape_source(args) -> Dict[str, object]:
+    """{dest: value} for the shape flags: the --load checkpoint's with Megatron's
+    --use-checkpoint-args, else the --model-size preset."""
+    if args.use_checkpoint_args:
+        if not args.load or not (Path(args.load) / "latest_checkpointed_iteration.txt").is_file():
+            raise ValueError(f"--use-checkpoint-args needs a checkpoint in --load, got "
+                             f"{args.load}")
+        from megatron_tsp.checkpoint import checkpoint_args
+        saved = checkpoint_args(args.load)
+        return {dest: getattr(saved, dest) for dest in _SHAPE_DESTS}
     preset = qwen3_preset(args.model_size)
-    for flag, (dest, field) in _SHAPE_FLAGS.items():
+    shape = {dest: getattr(preset, field) for dest, field in _SHAPE_FLAGS.values()}
+    shape["untie_embeddings_and_output_weights"] = not preset.tie_word_embeddings
+    return shape
+
+
+def _apply_shape(args, explicit: Set[str]) -> None:
+    shape = _shape_source(args)
+    for flag, dest in zip([*_SHAPE_FLAGS, "--untie-embeddings-and-output-weights"], _SHAPE_DESTS):
         if flag not in explicit:
-            setattr(args, dest, getattr(preset, field))
-    if "--untie-embeddings-and-output-weights" not in explicit:
-        args.untie_embeddings_and_output_weights = not preset.tie_word_embeddings
+            setattr(args, dest, shape[dest])
     for dest, value in _QWEN3_ARCHITECTURE.items():
         setattr(args, dest, value)
     for flag, (dest, value) in _QWEN3_DEFAULTS.items():
@@ -127,7 +144,7 @@ def _apply_shape(args, explicit: Set[str]) -> None:
     if args.eval_interval is None:  # Megatron-LM's long-standing default, which 0.19 dropped
         args.eval_interval = 1000
     if "--vocab-size" not in explicit and args.vocab_size is None:
-        args.vocab_size = preset.vocab_size
+        args.vocab_size = qwen3_preset(args.model_size).vocab_size
 
 
 def _check_shape_values(args) -> None:
