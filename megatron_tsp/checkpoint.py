@@ -14,6 +14,7 @@ import torch
 from megatron.core.dist_checkpointing.mapping import ShardedStateDict
 
 from megatron_tsp import parallel_state as ps
+from megatron_tsp.compat.tracker import TRACKER_NAME
 from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
 
 
@@ -41,11 +42,16 @@ def tsp_sharded_state_dict(model: torch.nn.Module, prefix: str = "", sharded_off
     return sharded
 
 
+def has_checkpoint(load) -> bool:
+    """Whether the --load directory holds a Megatron checkpoint (its tracker file)."""
+    return bool(load) and (Path(load) / TRACKER_NAME).is_file()
+
+
 def checkpoint_dir(load: str) -> Path:
     """The iteration (or release) directory that latest_checkpointed_iteration.txt names."""
-    tracker = Path(load) / "latest_checkpointed_iteration.txt"
+    tracker = Path(load) / TRACKER_NAME
     if not tracker.is_file():
-        raise ValueError(f"--load {load}: no latest_checkpointed_iteration.txt")
+        raise ValueError(f"--load {load}: no {TRACKER_NAME}")
     tag = tracker.read_text().strip()
     if tag != "release" and not tag.isdigit():
         raise ValueError(f"--load {load}: {tracker} holds {tag!r}, not an iteration")
@@ -63,14 +69,19 @@ def check_checkpoint_files(load: str) -> None:
     directory = checkpoint_dir(load)
     try:
         storage = FileSystemReader(str(directory)).read_metadata().storage_data
+        if not isinstance(storage, dict):
+            raise TypeError(f"storage_data is a {type(storage).__name__}")
+        needed = {}
+        for item in storage.values():
+            needed[item.relative_path] = max(needed.get(item.relative_path, 0),
+                                             item.offset + item.length)
     except Exception as error:
         raise ValueError(f"--load {load}: cannot read {directory / '.metadata'} "
                          f"({type(error).__name__}: {str(error)[:300]})") from None
-    needed = {}
-    for item in storage.values():
-        needed[item.relative_path] = max(needed.get(item.relative_path, 0),
-                                         item.offset + item.length)
     for name, end in sorted(needed.items()):
+        if Path(name).name != name:  # DCP writes flat names; anything else points elsewhere
+            raise ValueError(f"--load {load}: {directory / '.metadata'} names {name!r}, a file "
+                             "outside the checkpoint directory")
         path = directory / name
         if not path.is_file():
             raise ValueError(f"--load {load}: {path} is missing (the checkpoint's metadata "

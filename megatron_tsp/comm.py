@@ -173,13 +173,14 @@ class ShardBroadcast:
         for i, (g, d) in enumerate(zip(grads, self.dims)):
             for j, block in enumerate(g.float().chunk(self.k, dim=d)):
                 owner = step * self.k + j
-                if owner == self.p:
+                if owner == self.p and self.k > 1:
                     # its own storage: a view would keep the step's k-block buffer alive as .grad
                     block = block.clone(memory_format=torch.contiguous_format)
-                    self._own_grad_buffers = self._own_grad_buffers or [None] * len(self.dims)
-                    self._own_grad_buffers[i] = block
                 else:
                     block = block.contiguous()
+                if owner == self.p:
+                    self._own_grad_buffers = self._own_grad_buffers or [None] * len(self.dims)
+                    self._own_grad_buffers[i] = block
                 if self.D > 1:
                     self._reduce_work.append(reduce_to_owner(block, owner, self.kind + "_grad"))
 

@@ -2,7 +2,7 @@
 tools/convert_checkpoint.py, trained on with pretrain_qwen3.py --load at --tsp-size 2, saved,
 exported back, and read by transformers. Every sample of the dataset is the same sequence, so the
 loss Megatron logs at an iteration is transformers' loss on that sequence with the weights of
-that moment. The model's shape flags come from the imported checkpoint
+that moment. The model's shape and vocabulary come from the imported checkpoint
 (--use-checkpoint-args)."""
 
 import re
@@ -50,7 +50,7 @@ def test_import_train_export_keeps_transformers_loss(tmp_path):
     code, losses, log = run_pretrain(
         2, ["--tsp-size", "2", "--load", tmp_path / "imported", "--data-path",
             tmp_path / "repeated", "--split", "50,50,0", "--tokenizer-type", "NullTokenizer",
-            "--vocab-size", HF_SHAPE["vocab_size"], "--use-checkpoint-args", "--seq-length", SEQ,
+            "--use-checkpoint-args", "--seq-length", SEQ,
             "--micro-batch-size", "1", "--global-batch-size", "1", "--train-iters", "4",
             "--lr", "1e-3", "--lr-decay-style", "constant", "--log-interval", "1",
             "--eval-interval", "4", "--eval-iters", "1", "--save", tmp_path / "trained",

@@ -35,13 +35,18 @@ def datasets(tmp_path):
     """prefix -> what is wrong with it; `good` is whole (and loads in Megatron's reader)."""
     root = tmp_path / "data"
     root.mkdir()
-    for name in ("good", "short_bin", "short_idx", "not_an_index", "swapped"):
+    for name in ("good", "short_bin", "short_idx", "not_an_index", "swapped", "no_documents"):
         _write_dataset(root / name, documents=5, seed=0)
     _write_dataset(root / "other", documents=7, seed=1)
     _cut(root / "short_bin.bin", 2)
     _cut(root / "short_idx.idx", 8)
     (root / "not_an_index.idx").write_bytes(b"this is not an index")
     shutil.copy(root / "other.bin", root / "swapped.bin")
+    # a header that says "no document index" with a file length to match
+    index = bytearray((root / "no_documents.idx").read_bytes())
+    documents = int.from_bytes(index[26:34], "little")
+    index[26:34] = (0).to_bytes(8, "little")
+    (root / "no_documents.idx").write_bytes(bytes(index[:len(index) - 8 * documents]))
     return root
 
 
@@ -50,7 +55,8 @@ def test_corrupt_datasets_are_named_at_launch(tmp_path, datasets):
     assert len(IndexedDataset(str(datasets / "good"))) == 5
     expected = {"short_bin": "short_bin.bin is corrupt: ", "short_idx": "short_idx.idx is corrupt",
                 "not_an_index": "not_an_index.idx is corrupt: not a Megatron index file",
-                "swapped": "swapped.bin is corrupt: "}
+                "swapped": "swapped.bin is corrupt: ",
+                "no_documents": "no_documents.idx is corrupt: 0 document indices"}
     save = ["--save", tmp_path / "ckpt"]
     cases = [(["--data-path", datasets / name, *MOCK, *save], 1) for name in expected]
     cases.append((["--data-path", "0.5", datasets / "good", "0.5", datasets / "short_bin",

@@ -54,3 +54,29 @@ def test_an_honest_metadata_file_still_loads_with_megatron(tmp_path):
     iteration = write_checkpoint(tmp_path / "ckpt")
     check_checkpoint_files(str(tmp_path / "ckpt"))
     assert run_distributed(_load_with_megatron, 1, str(iteration))[0] is None
+
+
+def _pickle_calling(module, name, argument):
+    """A protocol-4 pickle whose only content is the call module.name(argument)."""
+    def text(value):
+        data = value.encode()
+        return b"\x8c" + bytes([len(data)]) + data  # SHORT_BINUNICODE
+    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(argument) + b"\x85R."
+
+
+@pytest.mark.parametrize("module,name", [
+    ("torch.distributed.checkpoint.filesystem", "os.system"),  # a dotted name reaches anything
+    ("torch.distributed.checkpoint.filesystem", "uuid.SafeUUID"),  # an enum, but not DCP's
+    ("torch.distributed.checkpoint.metadata", "dataclasses.dataclass"),
+    ("torch.distributed.checkpoint.filesystem", "FileSystemReader"),  # a real DCP class
+    ("os", "system"),
+])
+def test_metadata_naming_anything_but_dcp_metadata_classes_is_refused(tmp_path, module, name):
+    marker = tmp_path / "code_ran"
+    directory = tmp_path
+    (directory / ".metadata").write_bytes(_pickle_calling(module, name, f"touch {marker}"))
+    from torch.distributed.checkpoint import FileSystemReader
+    with pytest.raises(pickle.UnpicklingError, match="is not part of checkpoint metadata"):
+        FileSystemReader(str(directory)).read_metadata()
+    assert not marker.exists()
+    assert pickle.loads(_pickle_calling("builtins", "len", "abc")) == 3  # the pickles are real

@@ -4,8 +4,9 @@ Two pickles in a torch_dist checkpoint were read unrestricted; both are closed h
 (this is not CPU-specific):
 
 1. torch/distributed/checkpoint/filesystem.py FileSystemReader.read_metadata reads `.metadata`
-with pickle.load. It is read here by an unpickler that admits only the classes DCP metadata is
-made of (its dataclasses and enums, torch.Size, dtypes, layouts) and refuses every other global.
+with pickle.load. It is read here by an unpickler that admits only the globals DCP metadata is
+made of (its dataclasses and enums by exact name, torch.Size, dtypes, layouts) and refuses every
+other global.
 
 2. torch/distributed/checkpoint/default_planner.py DefaultLoadPlanner.load_bytes unpickles every
 non-tensor entry of a checkpoint (Megatron's common state: args, iteration, optimizer and RNG
@@ -15,8 +16,6 @@ weights_only=True, which admits tensors, containers and the classes megatron-cor
 safe (megatron/core/safe_globals.py: argparse.Namespace, its enums, ...) and refuses the rest.
 """
 
-import dataclasses
-import enum
 import pickle
 
 import torch
@@ -24,35 +23,43 @@ from torch.distributed.checkpoint import default_planner
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import StorageMeta
 
-_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",
-                     "torch.distributed.checkpoint.planner",
-                     "torch.distributed.checkpoint.filesystem")
-_METADATA_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"),
-                     ("collections", "OrderedDict")}
-
+# every global a DCP .metadata pickle may name; exact (module, name) pairs, never a dotted name
+# (which the unpickler would follow through module attributes to anything importable)
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.planner": {
+        "SavePlan", "LoadPlan", "WriteItem", "ReadItem", "WriteItemType", "LoadItemType",
+        "TensorWriteData", "BytesIOWriteData"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo", "_StoragePrefix",
+                                                "SerializationFormat"},
+    # empty stand-ins megatron-core keeps for checkpoints of megatron-core 0.15
+    "megatron.core.dist_checkpointing.strategies.torch": {"MCoreMetadata", "MCoreSavePlan"},
+    "torch": {"Size"},
+    "torch.serialization": {"_get_layout"},
+    "collections": {"OrderedDict"},
+}
 _applied = False
 
 
 def _load_bytes_weights_only(self, read_item, value) -> None:
     obj = torch.load(value, weights_only=True)
     if self.flatten_state_dict:
-        default_planner.set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        default_planner.set_element(self.original_state_dict,
+                                    self.mappings[read_item.dest_index.fqn], obj)
     else:
         self.state_dict[read_item.dest_index.fqn] = obj
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        # decide before importing: importing an arbitrary module can itself run code
-        if (module, name) in _METADATA_GLOBALS:
+        # decided before importing anything: importing an arbitrary module can itself run code
+        if name in _METADATA_GLOBALS.get(module, ()):
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+        if module == "torch" and "." not in name and isinstance(getattr(torch, name, None),
+                                                                 torch.dtype):
             return getattr(torch, name)
-        if module in _METADATA_MODULES:
-            found = super().find_class(module, name)
-            if isinstance(found, type) and (dataclasses.is_dataclass(found)
-                                            or issubclass(found, enum.Enum)):
-                return found
         raise pickle.UnpicklingError(f"{module}.{name} is not part of checkpoint metadata")
 
 

@@ -33,8 +33,9 @@ _SHAPE_FLAGS = {
     "--rotary-base": ("rotary_base", "rotary_base"),
     "--init-method-std": ("init_method_std", "init_method_std"),
 }
-_SHAPE_DESTS = [*(dest for dest, _ in _SHAPE_FLAGS.values()),
-                "untie_embeddings_and_output_weights"]
+# flag -> Megatron dest of every flag a checkpoint's shape sets
+_CHECKPOINT_SHAPE = {**{flag: dest for flag, (dest, _) in _SHAPE_FLAGS.items()},
+                     "--untie-embeddings-and-output-weights": "untie_embeddings_and_output_weights"}
 # what makes a Megatron GPT a Qwen3: always set
 _QWEN3_ARCHITECTURE = dict(qk_layernorm=True, swiglu=True, normalization="RMSNorm",
                            add_bias_linear=False, add_qkv_bias=False, group_query_attention=True,
@@ -115,23 +116,33 @@ def _reject_replaced_parallelism(args) -> None:
 
 def _shape_source(args) -> Dict[str, object]:
     """{dest: value} for the shape flags: the --load checkpoint's with Megatron's
-    --use-checkpoint-args, else the --model-size preset."""
+    --use-checkpoint-args (its vocabulary too), else the --model-size preset."""
     if args.use_checkpoint_args:
-        if not args.load or not (Path(args.load) / "latest_checkpointed_iteration.txt").is_file():
+        from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args, has_checkpoint
+        if not has_checkpoint(args.load):
             raise ValueError(f"--use-checkpoint-args needs a checkpoint in --load, got "
                              f"{args.load}")
-        from megatron_tsp.checkpoint import checkpoint_args
+        check_checkpoint_files(args.load)
         saved = checkpoint_args(args.load)
-        return {dest: getattr(saved, dest) for dest in _SHAPE_DESTS}
+        missing = [dest for dest in [*_CHECKPOINT_SHAPE.values(), "vocab_size"]
+                   if not hasattr(saved, dest)]
+        if missing:
+            raise ValueError(f"--use-checkpoint-args: the checkpoint in --load {args.load} does "
+                             f"not record {', '.join(missing)}")
+        shape = {dest: getattr(saved, dest) for dest in _CHECKPOINT_SHAPE.values()}
+        # the unpadded vocabulary: a NullTokenizer run needs no --vocab-size
+        shape["vocab_size"] = getattr(saved, "tsp_vocab_size", None) or saved.vocab_size
+        return shape
     preset = qwen3_preset(args.model_size)
     shape = {dest: getattr(preset, field) for dest, field in _SHAPE_FLAGS.values()}
     shape["untie_embeddings_and_output_weights"] = not preset.tie_word_embeddings
+    shape["vocab_size"] = preset.vocab_size
     return shape
 
 
 def _apply_shape(args, explicit: Set[str]) -> None:
     shape = _shape_source(args)
-    for flag, dest in zip([*_SHAPE_FLAGS, "--untie-embeddings-and-output-weights"], _SHAPE_DESTS):
+    for flag, dest in _CHECKPOINT_SHAPE.items():
         if flag not in explicit:
             setattr(args, dest, shape[dest])
     for dest, value in _QWEN3_ARCHITECTURE.items():
@@ -144,7 +155,7 @@ def _apply_shape(args, explicit: Set[str]) -> None:
     if args.eval_interval is None:  # Megatron-LM's long-standing default, which 0.19 dropped
         args.eval_interval = 1000
     if "--vocab-size" not in explicit and args.vocab_size is None:
-        args.vocab_size = qwen3_preset(args.model_size).vocab_size
+        args.vocab_size = shape["vocab_size"]
 
 
 def _check_shape_values(args) -> None:
@@ -199,9 +210,9 @@ def _check_data_paths(args) -> None:
 
 def _check_checkpoint(args) -> None:
     """A checkpoint to resume must be whole and have the shape the arguments describe."""
-    if not args.load or not (Path(args.load) / "latest_checkpointed_iteration.txt").is_file():
+    from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args, has_checkpoint
+    if not has_checkpoint(args.load):
         return
-    from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args
     check_checkpoint_files(args.load)
     saved = checkpoint_args(args.load)
     for flag, (dest, _) in _SHAPE_FLAGS.items():
@@ -240,7 +251,8 @@ def qwen3_config_from_args(args, vocab_size: int):
 
 def prepare_args(args, argv: Iterable[str]) -> None:
     """Turn parsed Megatron args into a TSP Qwen3 run; raise ValueError naming the flag for any
-    combination that cannot run. Touches no process group and no file."""
+    combination that cannot run. Starts no process group and writes no file (it reads the
+    datasets' headers and the --load checkpoint's metadata)."""
     explicit = explicit_flags(argv)
     _reject_replaced_parallelism(args)
     _apply_shape(args, explicit)

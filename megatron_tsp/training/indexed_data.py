@@ -44,6 +44,8 @@ def check_indexed_dataset(prefix: str, flag: str) -> None:
         itemsize = DType.size(DType.dtype_from_code(code))
     except (KeyError, ValueError):
         raise corrupt(idx, f"unknown token dtype code {code}") from None
+    if documents < 1 or documents > sequences + 1:
+        raise corrupt(idx, f"{documents} document indices for {sequences} sequences")
     arrays = sequences * (4 + 8) + documents * 8
     if idx_size not in (_FIXED.size + arrays, _FIXED.size + arrays + sequences):
         raise corrupt(idx, f"{idx_size} bytes, but its header ({sequences} sequences, "

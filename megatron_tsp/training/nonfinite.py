@@ -10,7 +10,8 @@ Adam moment or learning-rate step), so a skipped iteration goes down Megatron's 
 a failed update: `train_step` counts it as skipped and `training_log` prints "number of skipped
 iterations". The decision is reduced over all ranks, so every rank skips, or stops, together.
 It costs one extra gradient-norm pass per iteration. fp16 overflows found by Megatron's loss
-scaler keep their own handling and are not counted here.
+scaler keep their own handling and are not counted here (the scaler has then already shrunk the
+scale; an iteration skipped here has counted as a good one for the scaler's growth).
 """
 
 import math
@@ -46,16 +47,17 @@ class _Guard:
     def __call__(self) -> bool:
         """Megatron's prepare_grads, plus: is this iteration's update to be skipped?"""
         global _loss_nonfinite
+        loss_nonfinite, _loss_nonfinite = _loss_nonfinite, None  # this iteration's, in any case
         if self.prepare_grads():
             return True
         grad_norm = self.get_grad_norm()
+        grad_norm = None if grad_norm is None else float(grad_norm)  # a tensor with apex / TE
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
         bad = torch.tensor([0 if grad_norm is None or math.isfinite(grad_norm) else 1],
                            dtype=torch.int32, device=device)
-        if _loss_nonfinite is not None:
-            bad |= _loss_nonfinite.to(device=device, dtype=torch.int32).reshape(1)
-        _loss_nonfinite = None
+        if loss_nonfinite is not None:
+            bad |= loss_nonfinite.to(device=device, dtype=torch.int32).reshape(1)
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if not bad.item():
             self.in_a_row = 0
@@ -79,10 +81,9 @@ class _Guard:
         return True
 
 
-def guard_optimizer(optimizer, limit: int):
+def guard_optimizer(optimizer, limit: int) -> None:
     """Make `optimizer.step()` skip any iteration with a non-finite loss or gradient."""
     optimizer.prepare_grads = _Guard(optimizer, limit)
-    return optimizer
 
 
 def install(args) -> None:
@@ -92,7 +93,8 @@ def install(args) -> None:
 
     def setup_model_and_guarded_optimizer(*a, **kw):
         model, optimizer, scheduler = setup(*a, **kw)
-        return model, guard_optimizer(optimizer, args.max_consecutive_nonfinite_iterations), \
-            scheduler
+        if optimizer is not None:  # None with --skip-train
+            guard_optimizer(optimizer, args.max_consecutive_nonfinite_iterations)
+        return model, optimizer, scheduler
 
     training.setup_model_and_optimizer = setup_model_and_guarded_optimizer

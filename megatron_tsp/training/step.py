@@ -9,14 +9,13 @@ import dataclasses
 import resource
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 from megatron.training import get_args, get_timers, get_tokenizer
 from megatron.training.argument_utils import core_transformer_config_from_args
 
 from megatron_tsp import comm
-from megatron_tsp.checkpoint import checkpoint_args
+from megatron_tsp.checkpoint import checkpoint_args, has_checkpoint
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 from megatron_tsp.training.arguments import qwen3_config_from_args
@@ -45,9 +44,7 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
 def _check_checkpoint_vocabulary(args, vocab_size: int) -> None:
     """Megatron loads vocabulary tables across paddings, so a different tokenizer would load
     silently: refuse it."""
-    if not args.load or args.finetune:
-        return
-    if not (Path(args.load) / "latest_checkpointed_iteration.txt").is_file():
+    if args.finetune or not has_checkpoint(args.load):
         return
     saved = getattr(checkpoint_args(args.load), "tsp_vocab_size", None)
     if saved is not None and saved != vocab_size:
