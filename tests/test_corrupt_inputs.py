@@ -70,19 +70,19 @@ def test_corrupt_datasets_are_named_at_launch(tmp_path, datasets):
     assert not (tmp_path / "ckpt").exists()
 
 
-@pytest.fixture()
-def broken_checkpoints(tmp_path):
+@pytest.fixture(scope="module")
+def broken_checkpoints(tmp_path_factory):
     """{name: (checkpoint, the file its error must name)}: one shard cut, one missing."""
-    broken = {}
+    broken, root = {}, tmp_path_factory.mktemp("checkpoints")
     for name in ("cut", "missing"):
-        iteration = write_checkpoint(tmp_path / name)
+        iteration = write_checkpoint(root / name)
         shards = sorted(iteration.glob("*.distcp"))
         assert len(shards) == 2
         if name == "cut":
             _cut(shards[1], 100)
         else:
             shards[1].unlink()
-        broken[name] = (tmp_path / name, shards[1])
+        broken[name] = (root / name, shards[1])
     return broken
 
 
