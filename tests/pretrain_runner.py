@@ -36,3 +36,15 @@ def losses_of(nproc: int, args, cache_dir, **kwargs):
     assert code == 0, output[-5000:]
     assert losses, output[-5000:]
     return losses
+
+
+def _weights_of(checkpoints):
+    from megatron_tsp.conversion.convert import load_model
+    return [{name: p.detach().clone() for name, p in load_model(str(c), 1).named_parameters()}
+            for c in checkpoints]
+
+
+def checkpoint_weights(*checkpoints):
+    """{parameter name: tensor} of each checkpoint, loaded at tsp 1 in one spawned process."""
+    from tests.dist import run_distributed
+    return run_distributed(_weights_of, 1, checkpoints)[0]

@@ -11,27 +11,19 @@ import psutil
 import pytest
 import torch
 
-from tests.dist import run_distributed
 from megatron_tsp.spawn import free_port
-from tests.pretrain_runner import MOCK_RUN, ROOT, _ITERATION, losses_of
+from tests.pretrain_runner import MOCK_RUN, ROOT, _ITERATION, checkpoint_weights, losses_of
 
 pytestmark = pytest.mark.slow
 RUN = MOCK_RUN + ["--tsp-size", "2", "--seq-length", "128", "--train-iters", "30"]
 
 
-def _weights(checkpoint):
-    from megatron_tsp.conversion.convert import load_model
-    return {name: p.detach().clone() for name, p in load_model(checkpoint, 1).named_parameters()}
-
-
 def test_two_runs_with_the_same_seed_are_bit_identical(tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        losses = losses_of(2, MOCK_RUN + ["--tsp-size", "2", "--train-iters", "4", "--save",
-                                          tmp_path / name, "--save-interval", "4"],
-                           tmp_path / "cache")
-        runs.append((losses, run_distributed(_weights, 1, str(tmp_path / name))[0]))
-    (losses_a, weights_a), (losses_b, weights_b) = runs
+    losses_a, losses_b = (
+        losses_of(2, MOCK_RUN + ["--tsp-size", "2", "--train-iters", "4", "--save",
+                                 tmp_path / name, "--save-interval", "4"], tmp_path / "cache")
+        for name in ("a", "b"))
+    weights_a, weights_b = checkpoint_weights(tmp_path / "a", tmp_path / "b")
     assert losses_a == losses_b
     assert weights_a.keys() == weights_b.keys()
     for name, tensor in weights_a.items():

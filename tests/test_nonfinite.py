@@ -4,17 +4,11 @@ logged and counted, and enough of them in a row stop the job without touching th
 import pytest
 import torch
 
-from tests.dist import run_distributed
-from tests.pretrain_runner import MOCK_RUN, losses_of, run_pretrain
+from tests.pretrain_runner import MOCK_RUN, checkpoint_weights, losses_of, run_pretrain
 
 pytestmark = pytest.mark.slow
 # the learning-rate schedule must not depend on --train-iters for runs of different length
 RUN = MOCK_RUN + ["--tsp-size", "2", "--lr-decay-iters", "100"]
-
-
-def _weights(checkpoint):
-    from megatron_tsp.conversion.convert import load_model
-    return {name: p.detach().clone() for name, p in load_model(checkpoint, 1).named_parameters()}
 
 
 def test_a_nonfinite_iteration_is_skipped_leaving_weights_untouched(tmp_path):
@@ -29,8 +23,7 @@ def test_a_nonfinite_iteration_is_skipped_leaving_weights_untouched(tmp_path):
     assert "iteration 3: non-finite loss or gradient (grad norm nan): update skipped, 1 in a row" \
         in log
     assert "number of skipped iterations:   1 | number of nan iterations:   1" in log
-    before = run_distributed(_weights, 1, str(tmp_path / "clean"))[0]
-    after = run_distributed(_weights, 1, str(tmp_path / "nan"))[0]
+    before, after = checkpoint_weights(tmp_path / "clean", tmp_path / "nan")
     assert before.keys() == after.keys()
     for name, tensor in before.items():
         assert torch.equal(tensor, after[name]), name
