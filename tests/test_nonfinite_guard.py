@@ -26,48 +26,63 @@ class _Optimizer:
         return self.norm
 
 
-def _run(iterations_per_rank, limit):
-    """[(skipped?, stopped?)] per iteration; an iteration is (this rank's loss, fp16 overflow,
-    global gradient norm)."""
+def _run(scenarios):
+    """{name: [(skipped?, stopped?)] per iteration} for {name: (iterations per rank, limit)};
+    an iteration is (this rank's loss, fp16 overflow, global gradient norm)."""
     from megatron_tsp.training import nonfinite
-    iterations = iterations_per_rank[int(os.environ["RANK"])]
     torch.distributed.init_process_group("gloo")
     args = types.SimpleNamespace(curr_iteration=0, debug_nonfinite_loss_iterations=None)
     nonfinite.get_args = lambda: args  # Megatron's global args, which this test does not set up
     nonfinite.print_rank_0 = lambda message: None
-    optimizer = _Optimizer([(overflow, norm) for _, overflow, norm in iterations])
-    nonfinite.guard_optimizer(optimizer, limit)
-    outcomes = []
-    for i, (loss, _, _) in enumerate(iterations):
-        args.curr_iteration = i
-        nonfinite.note_loss(torch.tensor(loss, requires_grad=True))
-        try:
-            outcomes.append((optimizer.prepare_grads(), False))
-        except SystemExit as stop:
-            outcomes.append((True, stop.code != 0))
-            break
-    return outcomes
+    results = {}
+    for name, (iterations_per_rank, limit) in scenarios.items():
+        iterations = iterations_per_rank[int(os.environ["RANK"])]
+        optimizer = _Optimizer([(overflow, norm) for _, overflow, norm in iterations])
+        nonfinite.guard_optimizer(optimizer, limit)
+        outcomes = results[name] = []
+        for i, (loss, _, _) in enumerate(iterations):
+            args.curr_iteration = i
+            nonfinite.note_loss(torch.tensor(loss, requires_grad=True))
+            try:
+                outcomes.append((optimizer.prepare_grads(), False))
+            except SystemExit as stop:
+                outcomes.append((True, stop.code != 0))
+                break
+    return results
 
 
-NAN = float("nan")
+NAN, INF = float("nan"), float("inf")
+
+
+def _limit_scenario(norm):
+    return [[(1.0, False, norm), (1.0, False, 1.0), (1.0, False, norm), (1.0, False, norm),
+             (1.0, False, norm), (1.0, False, 1.0)]], 3
+
+
+# one process runs them all, one after the other
+SINGLE_RANK = {
+    "fp16": ([[(NAN, True, None), (1.0, False, 1.0), (1.0, False, NAN), (1.0, False, NAN)]], 2),
+    "limit-nan": _limit_scenario(NAN),
+    "limit-inf": _limit_scenario(INF),
+}
+
+
+@pytest.fixture(scope="module")
+def single_rank():
+    return run_distributed(_run, 1, SINGLE_RANK)[0]
 
 
 def test_a_nonfinite_loss_alone_skips_the_update_on_every_rank():
     # rank 1's loss is NaN while every gradient norm is finite
-    per_rank = run_distributed(_run, 2, [[(1.0, False, 1.0)], [(NAN, False, 1.0)]], 5)
-    assert per_rank == [[(True, False)], [(True, False)]]
+    per_rank = run_distributed(_run, 2, {"loss": ([[(1.0, False, 1.0)], [(NAN, False, 1.0)]], 5)})
+    assert [outcomes["loss"] for outcomes in per_rank] == [[(True, False)], [(True, False)]]
 
 
-def test_an_fp16_overflow_leaves_no_stale_loss_flag_and_is_not_counted():
-    iterations = [(NAN, True, None), (1.0, False, 1.0), (1.0, False, NAN), (1.0, False, NAN)]
-    outcomes = run_distributed(_run, 1, [iterations], 2)[0]
-    assert outcomes == [(True, False), (False, False), (True, False), (True, True)]
+def test_an_fp16_overflow_leaves_no_stale_loss_flag_and_is_not_counted(single_rank):
+    assert single_rank["fp16"] == [(True, False), (False, False), (True, False), (True, True)]
 
 
-@pytest.mark.parametrize("norm", [NAN, float("inf")])
-def test_the_limit_stops_after_that_many_in_a_row(norm):
-    iterations = [(1.0, False, norm), (1.0, False, 1.0), (1.0, False, norm), (1.0, False, norm),
-                  (1.0, False, norm), (1.0, False, 1.0)]
-    outcomes = run_distributed(_run, 1, [iterations], 3)[0]
-    assert outcomes == [(True, False), (False, False), (True, False), (True, False), (True, True)]
-
+@pytest.mark.parametrize("name", ["limit-nan", "limit-inf"])
+def test_the_limit_stops_after_that_many_in_a_row(single_rank, name):
+    assert single_rank[name] == [(True, False), (False, False), (True, False), (True, False),
+                                 (True, True)]
