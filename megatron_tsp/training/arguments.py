@@ -114,16 +114,23 @@ def _reject_replaced_parallelism(args) -> None:
                          "TSP already shards the sequence")
 
 
-def _shape_source(args) -> Dict[str, object]:
-    """{dest: value} for the shape flags: the --load checkpoint's with Megatron's
+def _whole_checkpoint_args(args):
+    """The Megatron args of the --load checkpoint, after its shard files are checked; None
+    without a checkpoint."""
+    from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args, has_checkpoint
+    if not has_checkpoint(args.load):
+        return None
+    check_checkpoint_files(args.load)
+    return checkpoint_args(args.load)
+
+
+def _shape_source(args, saved) -> Dict[str, object]:
+    """{dest: value} for the shape flags: the checkpoint's (`saved`, its args) with Megatron's
     --use-checkpoint-args (its vocabulary too), else the --model-size preset."""
     if args.use_checkpoint_args:
-        from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args, has_checkpoint
-        if not has_checkpoint(args.load):
+        if saved is None:
             raise ValueError(f"--use-checkpoint-args needs a checkpoint in --load, got "
                              f"{args.load}")
-        check_checkpoint_files(args.load)
-        saved = checkpoint_args(args.load)
         missing = [dest for dest in [*_CHECKPOINT_SHAPE.values(), "vocab_size"]
                    if not hasattr(saved, dest)]
         if missing:
@@ -140,8 +147,8 @@ def _shape_source(args) -> Dict[str, object]:
     return shape
 
 
-def _apply_shape(args, explicit: Set[str]) -> None:
-    shape = _shape_source(args)
+def _apply_shape(args, explicit: Set[str], saved) -> None:
+    shape = _shape_source(args, saved)
     for flag, dest in _CHECKPOINT_SHAPE.items():
         if flag not in explicit:
             setattr(args, dest, shape[dest])
@@ -208,13 +215,13 @@ def _check_data_paths(args) -> None:
             check_indexed_dataset(entry, f"--{flag.replace('_', '-')}")
 
 
-def _check_checkpoint(args) -> None:
-    """A checkpoint to resume must be whole and have the shape the arguments describe."""
-    from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args, has_checkpoint
-    if not has_checkpoint(args.load):
+def _check_checkpoint(args, saved) -> None:
+    """A checkpoint to resume must be whole and have the shape the arguments describe (`saved`:
+    its args when --use-checkpoint-args has read them already)."""
+    if saved is None:
+        saved = _whole_checkpoint_args(args)
+    if saved is None:
         return
-    check_checkpoint_files(args.load)
-    saved = checkpoint_args(args.load)
     for flag, (dest, _) in _SHAPE_FLAGS.items():
         if flag in _ARCHITECTURE_NUMERICS:
             continue
@@ -255,7 +262,9 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     datasets' headers and the --load checkpoint's metadata)."""
     explicit = explicit_flags(argv)
     _reject_replaced_parallelism(args)
-    _apply_shape(args, explicit)
+    # read first only when the shape comes from it: other flag errors are reported before it
+    saved = _whole_checkpoint_args(args) if args.use_checkpoint_args else None
+    _apply_shape(args, explicit, saved)
     _check_shape_values(args)
     _apply_cpu_defaults(args, explicit)
     _apply_data_defaults(args, explicit)
@@ -275,4 +284,4 @@ def prepare_args(args, argv: Iterable[str]) -> None:
                          f"{args.max_consecutive_nonfinite_iterations}")
     # training/nonfinite.py skips such iterations; Megatron's check would abort at the first
     args.check_for_nan_in_loss_and_grad = False
-    _check_checkpoint(args)
+    _check_checkpoint(args, saved)
