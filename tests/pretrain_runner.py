@@ -1,4 +1,5 @@
-"""Run pretrain_qwen3.py for real under torchrun and read Megatron's iteration log."""
+"""Run the entry points for real: pretrain_qwen3.py under torchrun (reading Megatron's iteration
+log) and tools/convert_checkpoint.py."""
 
 import os
 import re
@@ -42,6 +43,15 @@ def _weights_of(checkpoints):
     from megatron_tsp.conversion.convert import load_model
     return [{name: p.detach().clone() for name, p in load_model(str(c), 1).named_parameters()}
             for c in checkpoints]
+
+
+def convert(*argv, check=True, timeout: float = 300):
+    """tools/convert_checkpoint.py run for real; with check, it must succeed."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"),
+                             *map(str, argv)], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def checkpoint_weights(*checkpoints):

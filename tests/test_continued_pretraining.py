@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.hf_models import HF_SHAPE, hf_model
-from tests.pretrain_runner import run_pretrain
-from tests.test_convert import convert
+from tests.pretrain_runner import convert, run_pretrain
 
 pytestmark = pytest.mark.slow
 SEQ = 64

@@ -6,8 +6,6 @@ transformers gives at --tsp-size 1, 2 and 4.
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,19 +15,12 @@ from safetensors.torch import load_file
 
 from megatron_tsp import parallel_state as ps
 from tests.dist import run_distributed
+from tests.pretrain_runner import convert
 from tests.hf_models import hf_checkpoint_dict, hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "megatron_tsp" / "data" / "tokenizer"
 SEQ, BATCH = 32, 2
-
-
-def convert(*argv, check=True):
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"),
-                             *map(str, argv)], capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])

@@ -4,14 +4,13 @@ into the model or written."""
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy
 import pytest
 import torch
 
-from tests.launch_cases import ROOT, run_cases
+from tests.launch_cases import run_cases
+from tests.pretrain_runner import convert
 from tests.small_checkpoint import write_checkpoint
 
 MOCK = ["--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3", "--save-interval", "1"]
@@ -99,9 +98,8 @@ def test_a_cut_or_missing_checkpoint_shard_is_named_at_launch(tmp_path, broken_c
 
 def test_export_of_a_cut_checkpoint_fails_naming_the_shard(tmp_path, broken_checkpoints):
     checkpoint, shard = broken_checkpoints["cut"]
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"),
-                             "export-hf", "--load", str(checkpoint), "--hf-path",
-                             str(tmp_path / "hf")], capture_output=True, text=True, timeout=120)
+    result = convert("export-hf", "--load", checkpoint, "--hf-path", tmp_path / "hf",
+                     check=False, timeout=120)
     assert result.returncode == 2
     assert f"{shard} is truncated: " in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "hf").exists()
