@@ -45,14 +45,24 @@ CASES = [
     (["--use-checkpoint-args", *MOCK], 1, "--use-checkpoint-args"),
 ]
 
+# Megatron flags TSP cannot honour: refused at launch rather than accepted and ignored (issue 10)
+UNSUPPORTED = [
+    # DDP's forward pre-hooks never fire for TSP's weights: the step would use stale parameters
+    (["--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather", *MOCK],
+     1, "--overlap-param-gather"),
+    (["--tsp-size", "2", "--use-distributed-optimizer", "--overlap-grad-reduce",
+      "--overlap-param-gather", *MOCK], 4, "--overlap-param-gather"),
+]
+CASES += UNSUPPORTED
+
 
 def test_every_bad_launch_exits_fast_naming_the_flag_and_writes_nothing(tmp_path):
     cases = [(argv + ["--save", str(tmp_path / "ckpt"), "--tensorboard-dir",
                       str(tmp_path / "tb")], world) for argv, world, _ in CASES]
     outcomes = run_cases(cases, tmp_path, tmp_path / "cache")
-    assert len(outcomes) == len(CASES) >= 20
+    assert len(outcomes) == len(CASES) >= 28
     for (argv, _, flag), outcome in zip(CASES, outcomes):
-        assert outcome["code"] != 0, (argv, outcome)
+        assert outcome["code"] == 2, (argv, outcome)
         assert flag in outcome["stderr"], (argv, flag, outcome["stderr"])
         assert outcome["seconds"] < 10, (argv, outcome["seconds"])
     assert not list(tmp_path.glob("ckpt*")) and not list(tmp_path.glob("tb*"))

@@ -114,6 +114,15 @@ def _reject_replaced_parallelism(args) -> None:
                          "TSP already shards the sequence")
 
 
+def _reject_unsupported_flags(args) -> None:
+    """Megatron flags that TSP would accept and silently not honour."""
+    if args.overlap_param_gather or args.overlap_param_gather_with_optimizer_step:
+        raise ValueError("--overlap-param-gather is not supported: TSP reads its weights "
+                         "outside the modules' forward, so Megatron DDP's forward pre-hooks, "
+                         "which wait for the parameter all-gather, never fire and the step "
+                         "would use stale weights")
+
+
 def _whole_checkpoint_args(args):
     """The Megatron args of the --load checkpoint, after its shard files are checked; None
     without a checkpoint."""
@@ -262,6 +271,7 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     datasets' headers and the --load checkpoint's metadata)."""
     explicit = explicit_flags(argv)
     _reject_replaced_parallelism(args)
+    _reject_unsupported_flags(args)
     # read first only when the shape comes from it: other flag errors are reported before it
     saved = _whole_checkpoint_args(args) if args.use_checkpoint_args else None
     _apply_shape(args, explicit, saved)
