@@ -52,6 +52,19 @@ UNSUPPORTED = [
      1, "--overlap-param-gather"),
     (["--tsp-size", "2", "--use-distributed-optimizer", "--overlap-grad-reduce",
       "--overlap-param-gather", *MOCK], 4, "--overlap-param-gather"),
+    # TSP attention is causal over whole sequences: no document masking
+    (["--reset-position-ids", *MOCK], 1, "--reset-position-ids"),
+    (["--reset-attention-mask", *MOCK], 1, "--reset-attention-mask"),
+    # TSP recomputes attention and MLP in backward by construction
+    (["--recompute-granularity", "full", "--recompute-method", "uniform", *MOCK], 1,
+     "--recompute-granularity"),
+    (["--recompute-granularity", "selective", *MOCK], 1, "--recompute-granularity"),
+    (["--recompute-method", "block", *MOCK], 1, "--recompute-method"),
+    (["--recompute-modules", "core_attn", *MOCK], 1, "--recompute-modules"),
+    (["--recompute-num-layers", "1", *MOCK], 1, "--recompute-num-layers"),
+    (["--recompute-activations", *MOCK], 1, "--recompute-activations"),
+    (["--tsp-size", "2", "--distribute-saved-activations", *MOCK], 2,
+     "--distribute-saved-activations"),
 ]
 CASES += UNSUPPORTED
 
@@ -60,7 +73,7 @@ def test_every_bad_launch_exits_fast_naming_the_flag_and_writes_nothing(tmp_path
     cases = [(argv + ["--save", str(tmp_path / "ckpt"), "--tensorboard-dir",
                       str(tmp_path / "tb")], world) for argv, world, _ in CASES]
     outcomes = run_cases(cases, tmp_path, tmp_path / "cache")
-    assert len(outcomes) == len(CASES) >= 28
+    assert len(outcomes) == len(CASES) >= 37
     for (argv, _, flag), outcome in zip(CASES, outcomes):
         assert outcome["code"] == 2, (argv, outcome)
         assert flag in outcome["stderr"], (argv, flag, outcome["stderr"])

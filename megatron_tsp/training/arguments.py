@@ -72,6 +72,10 @@ _DEMO_DEFAULTS = {
 # shape flags that are numerics, not sizes: a checkpoint may be trained on with other values
 _ARCHITECTURE_NUMERICS = ("--norm-epsilon", "--rotary-base", "--init-method-std",
                           "--max-position-embeddings")
+# Megatron's activation-recompute flags: TSP's layers decide what they keep
+_RECOMPUTE_FLAGS = ("--recompute-activations", "--recompute-granularity", "--recompute-method",
+                    "--recompute-modules", "--recompute-num-layers",
+                    "--distribute-saved-activations")
 _DATA_FLAGS = ("--mock-data", "--data-path", "--train-data-path", "--data-args-path",
                "--per-split-data-args-path")
 
@@ -121,6 +125,15 @@ def _reject_unsupported_flags(args) -> None:
                          "outside the modules' forward, so Megatron DDP's forward pre-hooks, "
                          "which wait for the parameter all-gather, never fire and the step "
                          "would use stale weights")
+    for flag in ("--reset-position-ids", "--reset-attention-mask"):
+        if getattr(args, flag[2:].replace("-", "_")):
+            raise ValueError(f"{flag} is not supported: TSP attention is causal over the whole "
+                             "sequence and has no document masking (positions are 0..S-1)")
+    for flag in _RECOMPUTE_FLAGS:
+        if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
+            raise ValueError(f"{flag} is not supported: TSP recomputes attention and MLP in "
+                             "backward by construction; recompute choices are not "
+                             "configurable yet")
 
 
 def _whole_checkpoint_args(args):
