@@ -307,4 +307,7 @@ def prepare_args(args, argv: Iterable[str]) -> None:
                          f"{args.max_consecutive_nonfinite_iterations}")
     # training/nonfinite.py skips such iterations; Megatron's check would abort at the first
     args.check_for_nan_in_loss_and_grad = False
+    # TSP attention is causal by construction: Megatron's dataset would build an S x S mask per
+    # sample, move it to the device and broadcast it to every TSP rank, for nothing
+    args.create_attention_mask_in_dataloader = False
     _check_checkpoint(args, saved)

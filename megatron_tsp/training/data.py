@@ -18,11 +18,14 @@ from megatron.training import get_args, print_rank_0
 from megatron.training.utils import get_blend_and_blend_per_split, is_first_or_last_pipeline_stage
 
 from megatron_tsp import parallel_state as ps
+from megatron_tsp.device import compute_device
 from megatron_tsp.layout import local_token_index, scatter_to_local
 from megatron_tsp.training.arguments import EMBEDDED_DATA, embedded_dataset_prefix
 from megatron_tsp.training.preprocess import preprocess
 
-_BATCH_KEYS = ("tokens", "labels", "loss_mask", "attention_mask", "position_ids")
+# no attention_mask: TSP attention is causal by construction, so the S x S mask Megatron's dataset
+# can build (16 GiB of bools per sample at 128K tokens) is never built, moved or broadcast
+_BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
 def prepare_embedded_data(args) -> None:
@@ -34,22 +37,16 @@ def prepare_embedded_data(args) -> None:
     preprocess([str(source)], str(prefix).removesuffix("_text_document"), args.tokenizer_model)
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _full_batch(data_iterator, args):
     """Megatron's batch on every TSP rank: TP rank 0 reads, the others receive it."""
     batch = {}
     if mpu.get_tensor_model_parallel_rank() == 0:
         batch = next(data_iterator)
-        batch = {key: batch[key].to(_device(), non_blocking=True)
+        batch = {key: batch[key].to(compute_device(), non_blocking=True)
                  if batch.get(key) is not None else None for key in _BATCH_KEYS}
     batch = get_batch_on_this_tp_rank(
         batch, has_cu_seqlens=False, is_hybrid_cp=False,
-        create_attention_mask_in_dataloader=args.create_attention_mask_in_dataloader,
+        create_attention_mask_in_dataloader=False,
         broadcast_src_rank=mpu.get_tensor_model_parallel_src_rank(),
         broadcast_group=mpu.get_tensor_model_parallel_group(),
         cp_size=args.context_parallel_size, tp_rank=mpu.get_tensor_model_parallel_rank(),
@@ -64,7 +61,7 @@ def get_local_batch(data_iterator, vp_stage=None):
     """tokens, labels, loss_mask [b, S/D] (None on middle pipeline stages) and position ids."""
     args = get_args()
     D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
-    positions = local_token_index(args.seq_length, p, D).to(_device())
+    positions = local_token_index(args.seq_length, p, D, device=compute_device())
     positions = positions.unsqueeze(0).expand(args.micro_batch_size, -1)
     if not is_first_or_last_pipeline_stage(vp_stage):
         return None, None, None, positions
@@ -83,7 +80,7 @@ def _dataset_config(args) -> GPTDatasetConfig:
         path_to_cache=args.data_cache_path, mmap_bin_files=args.mmap_bin_files,
         tokenizer=build_tokenizer(args), reset_position_ids=args.reset_position_ids,
         reset_attention_mask=args.reset_attention_mask, eod_mask_loss=args.eod_mask_loss,
-        create_attention_mask=args.create_attention_mask_in_dataloader,
+        create_attention_mask=False,
         context_parallel_size=args.context_parallel_size,
         data_parallel_size=args.data_parallel_size, sequence_parallel_size=0)
 
