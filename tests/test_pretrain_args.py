@@ -83,3 +83,21 @@ def test_entry_point_exits_fast_and_leaves_checkpoint_untouched(tmp_path, argv, 
     assert time.monotonic() - start < 60  # imports dominate; the error precedes any group
     assert flag in result.stderr, result.stderr[-2000:]
     assert _digest(checkpoint) == before
+
+
+def test_another_vocabulary_is_refused_with_and_without_finetune(tmp_path):
+    """--finetune (and --pretrained-checkpoint, which implies it) resets the iteration and the
+    optimizer only: a tokenizer of another size is refused as it is without it. Megatron loads
+    vocabulary tables across paddings, so a smaller tokenizer would otherwise train on with the
+    checkpoint's last rows masked (issue 10, defect 7)."""
+    from tests.pretrain_runner import MOCK_RUN, run_pretrain
+    checkpoint, cache = tmp_path / "ckpt", tmp_path / "cache"
+    code, _, output = run_pretrain(1, [*MOCK_RUN, "--train-iters", "1", "--save", checkpoint,
+                                       "--save-interval", "1"], cache)
+    assert code == 0, output[-3000:]
+    smaller = [*MOCK_RUN, "--train-iters", "2", "--vocab-size", "4000"]
+    for start in (["--load", checkpoint], ["--load", checkpoint, "--finetune"],
+                  ["--pretrained-checkpoint", checkpoint]):
+        code, losses, output = run_pretrain(1, [*smaller, *start], cache)
+        assert code != 0 and not losses, (start, losses, output[-3000:])
+        assert "the checkpoint's vocabulary has" in output, (start, output[-3000:])

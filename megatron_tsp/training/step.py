@@ -43,13 +43,19 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
 
 def _check_checkpoint_vocabulary(args, vocab_size: int) -> None:
     """Megatron loads vocabulary tables across paddings, so a different tokenizer would load
-    silently: refuse it."""
-    if args.finetune or not has_checkpoint(args.load):
+    silently: refuse it. --finetune resets only the iteration and the optimizer, so it is
+    checked too, and so is --pretrained-checkpoint, which Megatron loads (as a finetune) when
+    --load holds no checkpoint."""
+    flag, load = "--load", args.load
+    if not has_checkpoint(load):
+        flag, load = "--pretrained-checkpoint", getattr(args, "pretrained_checkpoint", None)
+    if not has_checkpoint(load):
         return
-    saved = getattr(checkpoint_args(args.load), "tsp_vocab_size", None)
+    saved = getattr(checkpoint_args(load), "tsp_vocab_size", None)
     if saved is not None and saved != vocab_size:
-        raise ValueError(f"--load {args.load}: the checkpoint's vocabulary has {saved} entries, "
-                         f"the tokenizer has {vocab_size}")
+        raise ValueError(f"{flag} {load}: the checkpoint's vocabulary has {saved} entries, the "
+                         f"tokenizer has {vocab_size}"
+                         f"{' (--finetune keeps the vocabulary)' if args.finetune else ''}")
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
