@@ -5,7 +5,7 @@ causal attention work is balanced. Local tensors keep the chunks in that order: 
 [0, c) are global chunk p, local tokens [c, 2c) are global chunk 2D-1-p.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -24,34 +24,39 @@ def _check_length(seq_length: int, tsp_size: int) -> None:
             f"--seq-length ({seq_length}) must be a multiple of 2 x --tsp-size ({2 * tsp_size})")
 
 
-def local_token_index(seq_length: int, rank: int, tsp_size: int) -> torch.Tensor:
-    """Global token indices [S/D] of the tokens a rank holds, in local order."""
+def local_token_index(seq_length: int, rank: int, tsp_size: int,
+                      device: Optional[torch.device] = None) -> torch.Tensor:
+    """Global token indices [S/D] of the tokens a rank holds, in local order (the RoPE positions
+    of its tokens), made on `device`."""
     _check_length(seq_length, tsp_size)
     c = seq_length // (2 * tsp_size)
-    return torch.cat([torch.arange(k * c, (k + 1) * c) for k in local_chunks(rank, tsp_size)])
-
-
-def rank_order_to_sequence_order(seq_length: int, tsp_size: int) -> torch.Tensor:
-    """Permutation that puts tokens gathered in rank order ([D x S/D]) back in sequence order."""
-    gathered = torch.cat([local_token_index(seq_length, r, tsp_size) for r in range(tsp_size)])
-    return torch.argsort(gathered)
+    return torch.cat([torch.arange(k * c, (k + 1) * c, device=device)
+                      for k in local_chunks(rank, tsp_size)])
 
 
 def scatter_to_local(full: torch.Tensor, dim: int) -> torch.Tensor:
-    """Cut a full-sequence tensor (every rank holds the same one) to this rank's zigzag shard."""
+    """Cut a full-sequence tensor (every rank holds the same one) to this rank's zigzag shard.
+    Slices only: no index tensor, so nothing is built on the host."""
     D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
     if D == 1:
         return full
-    index = local_token_index(full.shape[dim], p, D).to(full.device)
-    return full.index_select(dim, index)
+    _check_length(full.shape[dim], D)
+    chunks = full.chunk(2 * D, dim=dim)
+    return torch.cat([chunks[k] for k in local_chunks(p, D)], dim=dim)
 
 
 def gather_to_full(local: torch.Tensor, dim: int, kind: str = "layout_gather") -> torch.Tensor:
-    """Rebuild the full sequence on every rank from the local shards (autograd: reduce-scatter)."""
+    """Rebuild the full sequence on every rank from the local shards (autograd: reduce-scatter).
+
+    Gathered in rank order, rank r's first chunk is global chunk r and its second chunk global
+    chunk 2D-1-r: the first halves in rank order, then the second halves in reverse rank order,
+    are the sequence (views and one concatenation: no permutation index).
+    """
     D = ps.get_tsp_world_size()
     if D == 1:
         return local
     moved = local.movedim(dim, 0)
-    gathered = gather_along_sequence(moved, kind)
-    order = rank_order_to_sequence_order(gathered.shape[0], D).to(local.device)
-    return gathered.index_select(0, order).movedim(0, dim)
+    gathered = gather_along_sequence(moved, kind)  # [D * 2c, ...] in rank order
+    by_rank = gathered.view((D, 2, moved.shape[0] // 2) + tuple(moved.shape[1:]))
+    in_order = [by_rank[r, 0] for r in range(D)] + [by_rank[r, 1] for r in reversed(range(D))]
+    return torch.cat(in_order).movedim(0, dim)

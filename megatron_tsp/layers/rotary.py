@@ -8,7 +8,8 @@ import torch
 def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, base: float
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """position_ids [b, s] -> cos, sin [s, b, 1, head_dim] in fp32."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device)
+    inv_freq = 1.0 / (base ** (exponents / head_dim))
     freqs = position_ids.t().float().unsqueeze(-1) * inv_freq  # [s, b, hd/2]
     emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(2)
     return emb.cos(), emb.sin()

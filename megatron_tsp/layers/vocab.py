@@ -19,9 +19,11 @@ from megatron_tsp.layers.linear import ShardedWeight
 
 
 def _rows_in_shard(ids: torch.Tensor, shard: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Which ids fall in a shard, and their row within it."""
+    """Which ids fall in a shard, and their row within it (clamped into the shard where the id
+    lies elsewhere). Masks rather than boolean indexing: no shape depends on the data, so the
+    device never waits for the host."""
     local = ids - shard * rows
-    return (local >= 0) & (local < rows), local
+    return (local >= 0) & (local < rows), local.clamp(0, rows - 1)
 
 
 class _EmbeddingRing(torch.autograd.Function):
@@ -31,7 +33,7 @@ class _EmbeddingRing(torch.autograd.Function):
         out = torch.zeros(ids.shape + (table.shape[1],), dtype=table.dtype, device=table.device)
         for visit in ShardRing([table], "vocab_weights"):
             hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
-            out[hit] = visit.tensors[0][row[hit]]
+            out = torch.where(hit.unsqueeze(-1), visit.tensors[0][row], out)
         return out
 
     @staticmethod
@@ -41,7 +43,8 @@ class _EmbeddingRing(torch.autograd.Function):
         for visit in ring:
             hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
             grad = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
-            grad.index_add_(0, row[hit], grad_out[hit].float())
+            hits = torch.where(hit.unsqueeze(-1), grad_out, 0).float()
+            grad.index_add_(0, row.reshape(-1), hits.reshape(-1, table.shape[1]))
             visit.accumulate([grad])
         return None, ring.owned_grads()[0].to(table.dtype)
 
@@ -81,7 +84,7 @@ class _VocabCrossEntropy(torch.autograd.Function):
                 logits - new_max.unsqueeze(1)).sum(dim=-1)
             running_max = new_max
             hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
-            target[hit] = logits[hit, row[hit]]
+            target = torch.where(hit, logits.gather(1, row.unsqueeze(1)).squeeze(1), target)
         log_z = running_max + torch.log(sum_exp)
         ctx.vocab_size = vocab_size
         ctx.save_for_backward(x, table, labels, log_z)
@@ -90,19 +93,22 @@ class _VocabCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         x, table, labels, log_z = ctx.saved_tensors
-        x2d, labels1d = x.reshape(-1, x.shape[-1]).float(), labels.reshape(-1)
+        x2d, labels1d = x.reshape(-1, x.shape[-1]), labels.reshape(-1)
+        x2d_fp32 = x2d.float()
         grad_loss = grad_loss.reshape(-1, 1).float()
-        grad_x = torch.zeros_like(x2d)
+        grad_x = torch.zeros_like(x2d_fp32)
         ring = ShardRing([table], "vocab_weights", accumulate=True)
         for visit in ring:
             shard = visit.tensors[0]
-            probs = torch.exp(_masked_logits(x2d, shard.float(), visit.index, ctx.vocab_size)
-                              - log_z.unsqueeze(1))
+            # the logits exactly as forward computed them (in the weights' dtype): log_z was
+            # taken over those, and a confident token's 1 - p is lost in any other rounding
+            probs = _masked_logits(x2d, shard, visit.index, ctx.vocab_size)
+            probs = probs.sub_(log_z.unsqueeze(1)).exp_()  # in place: [n, Vd] fp32 is the peak
             hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
-            probs[hit, row[hit]] -= 1.0
+            probs.scatter_add_(1, row.unsqueeze(1), -hit.float().unsqueeze(1))
             probs *= grad_loss
             grad_x += probs @ shard.float()
-            visit.accumulate([probs.t() @ x2d])
+            visit.accumulate([probs.t() @ x2d_fp32])
         return (grad_x.view(x.shape).to(x.dtype), ring.owned_grads()[0].to(table.dtype),
                 None, None)
 

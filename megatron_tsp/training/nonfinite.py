@@ -20,6 +20,8 @@ import sys
 import torch
 from megatron.training import get_args, print_rank_0
 
+from megatron_tsp.device import compute_device
+
 _loss_nonfinite = None  # bool tensor: a local loss of this iteration was NaN/Inf (no host sync)
 
 
@@ -52,8 +54,7 @@ class _Guard:
             return True
         grad_norm = self.get_grad_norm()
         grad_norm = None if grad_norm is None else float(grad_norm)  # a tensor with apex / TE
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-            else torch.device("cpu")
+        device = compute_device()
         bad = torch.tensor([0 if grad_norm is None or math.isfinite(grad_norm) else 1],
                            dtype=torch.int32, device=device)
         if loss_nonfinite is not None:
