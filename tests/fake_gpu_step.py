@@ -1,0 +1,150 @@
+"""One rank of a TSP training run on fake CUDA tensors: prints a JSON report of what it saw.
+
+    python tests/fake_gpu_step.py --rank 0 --tsp-size 8 --model-size 8b --num-layers 2 \\
+        --seq-length 131072 --dtype bf16
+
+Runs as a script (not under pytest) because the fake CUDA shim must be loaded before torch is
+imported (see tests/fake_gpu.py). Each iteration is what Megatron's training step does with
+the TSP model: the rank's zigzag shard of a batch, forward, the loss over the TSP group,
+backward, the replicated parameters' gradients summed over the group, and the mixed-precision
+optimizer step. Megatron's DDP and optimizer keep their buffers on the CPU when torch has no
+CUDA (megatron_tsp.compat), so their state is reproduced here as they hold it on a GPU: an fp32
+main_grad per parameter that each gradient is added into as autograd produces it (then freed),
+fp32 master parameters and Adam's two fp32 moments.
+"""
+
+import argparse
+import ctypes
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_fake_cuda() -> None:
+    """Build (once per torch version) and load tests/fake_cuda.cpp; must precede `import torch`."""
+    torch_dir = Path(importlib.util.find_spec("torch").submodule_search_locations[0])
+    cache = Path(os.environ.get("MEGATRON_TSP_CACHE", Path.home() / ".cache" / "megatron_tsp"))
+    library = cache / f"fake_cuda-torch{importlib.metadata.version('torch')}.so"
+    if not library.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = library.with_suffix(f".{os.getpid()}.partial")
+        subprocess.run(["g++", "-O1", "-w", "-shared", "-fPIC", "-std=c++17",
+                        "-D_GLIBCXX_USE_CXX11_ABI=1", f"-I{torch_dir / 'include'}",
+                        str(ROOT / "tests" / "fake_cuda.cpp"), f"-L{torch_dir / 'lib'}",
+                        "-lc10", "-ltorch_cpu", "-o", str(partial)], check=True)
+        os.replace(partial, library)
+    for name in ("libc10.so", "libtorch_cpu.so"):
+        ctypes.CDLL(str(torch_dir / "lib" / name), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(library)).register_fake_cuda()
+
+
+class MixedPrecisionState:
+    """Megatron's DDP gradient buffers and mixed-precision Adam, as they sit in GPU memory."""
+
+    def __init__(self, model, wrong_grads: list):
+        import torch
+        self.params = list(model.parameters())
+        for p in self.params:
+            p.main_grad = torch.zeros_like(p, dtype=torch.float32)
+            if not getattr(p, "sequence_parallel", False):  # summed over the group first
+                p.register_post_accumulate_grad_hook(self._into_main_grad)
+        self.wrong_grads = wrong_grads
+        self.masters = [p.detach().float() for p in self.params]
+        self.optimizer = torch.optim.Adam(self.masters, lr=1e-4, foreach=False)
+
+    def _into_main_grad(self, p) -> None:
+        if p.grad.dtype != p.dtype or p.grad.device != p.device:
+            self.wrong_grads.append(f"{tuple(p.shape)}: {p.grad.dtype} on {p.grad.device}")
+        p.main_grad.add_(p.grad)
+        p.grad = None
+
+    def step(self) -> None:
+        import torch
+        with torch.no_grad():
+            for p, master in zip(self.params, self.masters):
+                if p.grad is not None:
+                    self._into_main_grad(p)
+                master.grad = p.main_grad
+            self.optimizer.step()
+            for p, master in zip(self.params, self.masters):
+                p.copy_(master)
+                p.main_grad.zero_()
+
+
+def run(args) -> dict:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    sys.path.insert(0, str(ROOT))
+    from megatron_tsp import comm
+    from megatron_tsp import parallel_state as ps
+    from megatron_tsp.device import set_compute_device
+    from megatron_tsp.layers.vocab import masked_token_mean
+    from megatron_tsp.layout import local_token_index, scatter_to_local
+    from megatron_tsp.models.config import qwen3_preset
+    from megatron_tsp.models.qwen3 import TSPQwen3Model
+    from tests.fake_gpu import StepAudit, peak_bytes, start_fake_rank, use_gpu_attention_kernels
+
+    D, S, b = args.tsp_size, args.seq_length, args.micro_batch_size
+    start_fake_rank(args.rank, D, D)
+    if args.gpu_attention:
+        use_gpu_attention_kernels()
+    device = torch.device("cuda", 0)
+    set_compute_device(device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    cfg = qwen3_preset(args.model_size).replace(num_layers=args.num_layers)
+    wrong_grads, losses = [], []
+    with FakeTensorMode():
+        with torch.device(device):
+            model = TSPQwen3Model(cfg, dtype=dtype)
+        tracker = MemTracker()
+        tracker.track_external(model)
+        audit = StepAudit(device, chunk=S // (2 * D))
+        with tracker:
+            state = MixedPrecisionState(model, wrong_grads)
+            for _ in range(args.iterations):
+                tracker.reset_mod_stats()  # per-module figures only; the peak stays
+                with audit:
+                    tokens = torch.randint(0, cfg.vocab_size, (b, S + 1), device=device)
+                    ids, labels = (scatter_to_local(t, dim=1) for t in (tokens[:, :-1],
+                                                                         tokens[:, 1:]))
+                    positions = local_token_index(S, ps.get_tsp_rank(), D, device=device)
+                    loss = model(ids, positions.expand(b, -1), labels=labels)
+                    to_backprop, mean = masked_token_mean(loss, torch.ones_like(loss))
+                    to_backprop.backward()
+                    comm.all_reduce_replicated_grads(model)
+                    losses.append(f"{tuple(mean.shape)} {mean.dtype} {mean.device}")
+                state.step()
+        peak = peak_bytes(tracker, device)
+    params = sum(p.numel() for p in model.parameters())
+    return {"rank": args.rank, "peak_bytes": peak, "params_on_rank": params,
+            "loss": losses[-1], "wrong_grads": wrong_grads[:5], **audit.report()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--tsp-size", type=int, required=True)
+    parser.add_argument("--model-size", default="8b")
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--seq-length", type=int, default=131072)
+    parser.add_argument("--micro-batch-size", type=int, default=1)
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--no-gpu-attention", dest="gpu_attention", action="store_false",
+                        help="leave SDPA's kernel choice alone (the CPU build's math path)")
+    args = parser.parse_args(argv)
+    load_fake_cuda()
+    print(json.dumps(run(args)), flush=True)
+    os._exit(0)  # the fake process group's threads abort an orderly interpreter exit
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The GPU code path without a GPU: Qwen3-8B's shape (2 layers) at 131,072 tokens in bf16, as rank
+0 and rank 7 of D = 8, on fake CUDA tensors (tests/fake_gpu.py): every tensor stays on the device,
+nothing waits on the host, no attention-score-shaped tensor exists, gradients come back in the
+parameters' dtype and device, and the peak memory of the step is the planner's to within 10%."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from megatron_tsp.models.config import qwen3_preset
+from megatron_tsp.planner_bytes import Layout
+from megatron_tsp.planner_memory import memory_bytes
+from tests.fake_gpu import StepAudit
+from tests.pretrain_runner import ROOT
+
+D, S, LAYERS = 8, 131072, 2
+BF16 = 2
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
+                                reason="the fake CUDA shim (tests/fake_cuda.cpp) needs g++")
+
+
+def fake_gpu_step(rank: int, *extra) -> dict:
+    command = [sys.executable, str(ROOT / "tests" / "fake_gpu_step.py"), "--rank", str(rank),
+               "--tsp-size", str(D), "--model-size", "8b", "--num-layers", str(LAYERS),
+               "--seq-length", str(S), "--dtype", "bf16", *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def first_and_last_rank():
+    return [fake_gpu_step(rank) for rank in (0, D - 1)]
+
+
+def test_step_stays_on_the_device_and_never_waits_on_the_host(first_and_last_rank):
+    for report in first_and_last_rank:
+        assert report["off_device"] == [], report
+        assert report["host_syncs"] == [], report
+        assert report["score_shaped"] == [], report
+        assert report["wrong_grads"] == [], report
+        assert report["loss"] == "() torch.float32 cuda:0", report
+
+
+def test_peak_memory_is_the_planners_within_ten_percent(first_and_last_rank):
+    cfg = qwen3_preset("8b").replace(num_layers=LAYERS)
+    predicted = memory_bytes(Layout("tsp", tp=D), cfg, S, 1, BF16, attention="flash")
+    for report in first_and_last_rank:
+        ratio = report["peak_bytes"] / predicted.total
+        assert 0.9 <= ratio <= 1.1, (report["rank"], report["peak_bytes"], predicted)
+
+
+def test_the_audit_sees_what_a_gpu_step_must_not_do():
+    """CPU tensors stand for tensors off the device here: the audit must flag each fault."""
+    audit = StepAudit(torch.device("cuda"), chunk=4)
+    with audit:
+        scores = torch.ones(8, 12)      # two dims that are multiples of the chunk
+        scores.nonzero()                # a data-dependent shape: the host must read the count
+        scores.sum().item()             # a value read back
+    report = audit.report()
+    assert any("on cpu" in entry for entry in report["off_device"]), report
+    assert {"aten.nonzero", "aten._local_scalar_dense"} <= set(report["host_syncs"]), report
+    assert any("(8, 12)" in entry for entry in report["score_shaped"]), report
