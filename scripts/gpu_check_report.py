@@ -1,0 +1,271 @@
+"""Helpers of scripts/gpu_check.sh: read a pretrain_qwen3.py log, compute MFU and the planner's
+memory prediction, check SDPA's flash dispatch. Each subcommand ends with one line
+
+    RESULT PASS|FAIL|INFO <detail>
+
+which gpu_check.sh puts in its summary table. Only `sdpa` needs a GPU.
+
+    python scripts/gpu_check_report.py losses LOG [--expect N]
+    python scripts/gpu_check_report.py throughput LOG --model-size 1.7b --num-layers 4 \
+        --seq-length 32768 [--micro-batch-size 1] [--peak-tflops 989]
+    python scripts/gpu_check_report.py sdpa --seq-length 32768 --model-size 1.7b
+"""
+
+import argparse
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_LOSS = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: ([^\s|]+)")
+_THROUGHPUT = re.compile(r"tokens/s: ([0-9.eE+-]+|nan|inf) \| peak memory per TSP rank \(MiB\): "
+                         r"([0-9., ]+)")
+_ITERATION_MS = re.compile(r"iteration\s+\d+/\s*\d+ \|.*?elapsed time per iteration \(ms\): "
+                           r"([0-9.]+)")
+MEMORY_TOLERANCE = 0.15
+# dense bf16 peak FLOP/s by device-name fragment (vendor datasheets; SXM parts)
+PEAK_BF16 = (("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12),
+             ("MI300X", 1307e12), ("L40S", 362e12))
+
+
+def result(status: str, detail: str) -> None:
+    print(f"RESULT {status} {detail}", flush=True)
+
+
+def _error_line(text: str) -> str:
+    """The line of a failed run that names the error: the entry point's own refusal, else the
+    last exception raised in the rank (not torchrun's ChildFailedError), else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    patterns = (r"pretrain_qwen3\.py: error:",
+                r"^(\[[^\]]*\]:?\s*)?([\w.]+)?(Error|Exception)\b.*?: (?!.*ChildFailedError)",
+                r"(CUDA error|No module named|out of memory)")
+    for pattern in patterns:
+        for line in reversed(lines):
+            if re.search(pattern, line) and "ChildFailedError" not in line:
+                return line[:200]
+    return (lines or ["(empty log)"])[-1][:200]
+
+
+# --- (a) losses -----------------------------------------------------------------------------
+
+def losses(text: str):
+    """{iteration: loss} of Megatron's iteration lines (the value as logged, nan/inf included)."""
+    return {int(i): float(v) for i, v in _LOSS.findall(text)}
+
+
+def cmd_losses(args) -> int:
+    text = Path(args.log).read_text(errors="replace")
+    found = losses(text)
+    if not found:
+        result("FAIL", f"no 'lm loss' in the log: {_error_line(text)}")
+        return 1
+    bad = {i: v for i, v in found.items() if not math.isfinite(v)}
+    first, last = found[min(found)], found[max(found)]
+    detail = (f"{len(found)} iterations, lm loss {first:.4f} (it {min(found)}) -> {last:.4f} "
+              f"(it {max(found)})")
+    if bad:
+        result("FAIL", f"non-finite loss at iterations {sorted(bad)}; {detail}")
+        return 1
+    if args.expect and len(found) < args.expect:
+        result("FAIL", f"only {detail} of {args.expect} expected: {_error_line(text)}")
+        return 1
+    result("PASS", f"all finite: {detail}")
+    return 0
+
+
+# --- (b) throughput and MFU, (d) memory against the planner ---------------------------------
+
+def model_config(model_size: str, num_layers=None):
+    from megatron_tsp.models.config import qwen3_preset
+    cfg = qwen3_preset(model_size)
+    return cfg.replace(num_layers=num_layers) if num_layers else cfg
+
+
+def flops_per_token(cfg, seq_length: int, recompute: bool = False) -> float:
+    """Training FLOPs per token: 6 x the matmul parameters (the layers' weights and the output
+    layer, counted once even when tied: the embedding lookup does no arithmetic) plus causal
+    attention, 12 L (nh hd) S^2 / 2 per sequence, i.e. 6 L nh hd S per token. With `recompute`
+    the forward of attention and MLP that TSP repeats in backward is added (hardware FLOPs)."""
+    from megatron_tsp.planner_bytes import attention_weights, mlp_weights
+    L, d = cfg.num_layers, cfg.num_attention_heads * cfg.kv_channels
+    layers = L * (attention_weights(cfg) + mlp_weights(cfg))
+    matmul_params = layers + cfg.padded_vocab_size(1) * cfg.hidden_size
+    flops = 6 * matmul_params + 6 * L * d * seq_length
+    if recompute:
+        flops += 2 * layers + 2 * L * d * seq_length
+    return float(flops)
+
+
+def peak_flops(device_name: str, override_tflops=None) -> float:
+    if override_tflops:
+        return override_tflops * 1e12
+    for fragment, flops in PEAK_BF16:
+        if fragment.lower() in device_name.lower():
+            return flops
+    raise ValueError(f"unknown peak bf16 FLOP/s for {device_name!r}: pass --peak-tflops")
+
+
+def throughput(text: str):
+    """(tokens/s of each log interval after the first, peak MiB of the first TSP group's ranks).
+    The first interval is dropped: it times nothing (its clock starts at the first micro-batch)
+    or the warm-up."""
+    rates, peaks = [], []
+    for rate, memory in _THROUGHPUT.findall(text):
+        rates.append(float(rate))
+        peaks.extend(float(m) for m in memory.replace(" ", "").split(",") if m)
+    return rates[1:], (max(peaks) if peaks else None)
+
+
+def planner_prediction_bytes(cfg, seq_length: int, micro_batch_size: int = 1, tsp_size: int = 1,
+                             distributed_optimizer: bool = False) -> int:
+    """The planner's peak bytes per rank (bf16, flash attention) for this run."""
+    from megatron_tsp.planner_bytes import Layout
+    from megatron_tsp.planner_memory import memory_bytes
+    return memory_bytes(Layout("tsp", tp=tsp_size), cfg, seq_length, micro_batch_size, 2,
+                        distributed_optimizer=distributed_optimizer, attention="flash").total
+
+
+def cmd_throughput(args) -> int:
+    text = Path(args.log).read_text(errors="replace")
+    cfg = model_config(args.model_size, args.num_layers)
+    rates, peak_mib = throughput(text)
+    predicted = planner_prediction_bytes(cfg, args.seq_length, args.micro_batch_size)
+    print(f"planner prediction (tsp 1, bf16, flash): {predicted / 2**30:.2f} GiB per rank")
+    if not rates:
+        result("FAIL", f"no timed 'tokens/s' interval in the log: {_error_line(text)}")
+        print(f"RESULT-MEMORY FAIL predicted {predicted / 2**30:.2f} GiB, nothing measured")
+        return 1
+    rate = statistics.median(rates)
+    per_token = flops_per_token(cfg, args.seq_length)
+    per_token_hw = flops_per_token(cfg, args.seq_length, recompute=True)
+    device = args.device_name
+    if device is None:
+        import torch
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown"
+    peak = peak_flops(device, args.peak_tflops)
+    mfu, hfu = rate * per_token / peak, rate * per_token_hw / peak
+    print(f"tokens/s per interval (first dropped): {', '.join(f'{r:.0f}' for r in rates)}")
+    print(f"model FLOPs per token: {per_token / 1e9:.3f} GFLOP (with TSP's recompute "
+          f"{per_token_hw / 1e9:.3f}); peak {peak / 1e12:.0f} TFLOP/s bf16 ({device})")
+    ms = [float(m) for m in _ITERATION_MS.findall(text)][1:]
+    if ms:
+        tokens = args.seq_length * args.micro_batch_size * args.global_batch_size
+        print(f"Megatron's iteration time: median {statistics.median(ms):.0f} ms -> "
+              f"{tokens / statistics.median(ms) * 1e3:.0f} tokens/s")
+    ratio = peak_mib * 2**20 / predicted
+    print(f"peak memory: measured {peak_mib / 1024:.2f} GiB (max allocated), planner "
+          f"{predicted / 2**30:.2f} GiB, measured/planner {ratio:.2f}")
+    result("INFO", f"{rate:.0f} tokens/s (median of {len(rates)}), MFU {100 * mfu:.1f}% "
+                   f"(with recompute {100 * hfu:.1f}%)")
+    # PASS within MEMORY_TOLERANCE of the planner, else WARN (a finding, not a failed run)
+    close = abs(ratio - 1) <= MEMORY_TOLERANCE
+    print(f"RESULT-MEMORY {'PASS' if close else 'WARN'} measured {peak_mib / 1024:.2f} GiB, "
+          f"planner {predicted / 2**30:.2f} GiB, measured/planner {ratio:.2f}", flush=True)
+    return 0
+
+
+# --- (c) SDPA flash dispatch for the lower-right causal zigzag chunks -----------------------
+
+def sdpa_cases(seq_length: int, tsp_sizes=(1, 8)):
+    """(D, chunk index k, q rows c, kv length (k+1) c) of TSP's zigzag chunks: rank p holds
+    chunks p and 2D-1-p of length c = S / 2D and attends to the keys up to each chunk's end."""
+    cases = []
+    for D in tsp_sizes:
+        if seq_length % (2 * D):
+            continue
+        c = seq_length // (2 * D)
+        for k in sorted({0, 1, D - 1, D, 2 * D - 1}):
+            cases.append((D, k, c, (k + 1) * c))
+    return cases
+
+
+def flash_dispatches(c: int, kv_len: int, heads: int, kv_heads: int, head_dim: int,
+                     batch: int = 1):
+    """(ok, error) of forward and backward of the TSP call (q [b, hs, c, hd] permuted from
+    [c, b, hs, hd], k/v sliced from [b, gs, S, hd], causal_lower_right, enable_gqa) with only
+    the flash kernel allowed: SDPA raises when flash cannot take the call."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.bias import causal_lower_right
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(c, batch, heads, head_dim, device=dev, dtype=dt).permute(1, 2, 0, 3)
+    kv = torch.randn(2, kv_len, batch, kv_heads, head_dim, device=dev, dtype=dt)
+    kv = kv.permute(0, 2, 3, 1, 4)
+    q.requires_grad_(True)
+    kv.requires_grad_(True)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = F.scaled_dot_product_attention(q, kv[0, :, :, :kv_len], kv[1, :, :, :kv_len],
+                                                 attn_mask=causal_lower_right(c, kv_len),
+                                                 enable_gqa=True)
+            out.float().sum().backward()
+        torch.cuda.synchronize()
+        if not (torch.isfinite(out).all() and torch.isfinite(q.grad).all()):
+            return False, "non-finite output or gradient"
+        return True, ""
+    except RuntimeError as error:
+        return False, str(error).strip().splitlines()[0][:160]
+
+
+def cmd_sdpa(args) -> int:
+    import torch
+    if not torch.cuda.is_available():
+        result("FAIL", "no CUDA device: the flash check needs one")
+        return 2
+    cfg = model_config(args.model_size)
+    heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}; heads {heads}, kv heads "
+          f"{kv_heads}, head dim {hd}, bf16, forward + backward under "
+          f"sdpa_kernel(FLASH_ATTENTION)")
+    print("| D | chunk k | q rows c | kv (k+1)c | q / kv heads of a step | flash |")
+    print("|---|---|---|---|---|---|")
+    failed = []
+    for D, k, c, kv_len in sdpa_cases(args.seq_length):
+        step_kv = max(kv_heads // D, 1)  # one head-group step: G/D groups, or one when G < D
+        step_q = step_kv * (heads // kv_heads)
+        ok, error = flash_dispatches(c, kv_len, step_q, step_kv, hd)
+        print(f"| {D} | {k} | {c} | {kv_len} | {step_q} / {step_kv} | "
+              f"{'yes' if ok else 'NO: ' + error} |", flush=True)
+        if not ok:
+            failed.append(f"D={D} k={k}")
+        torch.cuda.empty_cache()
+    if failed:
+        result("FAIL", f"flash refused {len(failed)} chunk shape(s): {', '.join(failed)}")
+        return 1
+    result("PASS", f"flash takes every lower-right causal chunk (S={args.seq_length}, D=1 and 8)")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("losses", help="(a) every logged lm loss is finite")
+    p.add_argument("log")
+    p.add_argument("--expect", type=int, default=0, help="iterations the log must hold")
+    p.set_defaults(fn=cmd_losses)
+    p = sub.add_parser("throughput", help="(b) tokens/s and MFU, (d) memory vs planner")
+    p.add_argument("log")
+    p.add_argument("--model-size", default="1.7b")
+    p.add_argument("--num-layers", type=int)
+    p.add_argument("--seq-length", type=int, required=True)
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--global-batch-size", type=int, default=1)
+    p.add_argument("--peak-tflops", type=float, help="dense bf16 peak (default: by GPU name)")
+    p.add_argument("--device-name", help="GPU name (default: torch's, if it sees one)")
+    p.set_defaults(fn=cmd_throughput)
+    p = sub.add_parser("sdpa", help="(c) flash kernel for TSP's lower-right causal chunks")
+    p.add_argument("--seq-length", type=int, default=32768)
+    p.add_argument("--model-size", default="1.7b")
+    p.set_defaults(fn=cmd_sdpa)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
