@@ -11,6 +11,8 @@ from megatron_tsp.spawn import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 _ITERATION = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: ([0-9.Ee+-]+)")
+# Megatron 0.19.2 prints the gradient norm (before clipping) with 3 decimals: "grad norm: 0.489"
+_GRAD_NORM = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?grad norm: ([0-9.Ee+-]+|nan|inf)")
 
 # tiny Qwen3 on deterministic mock data: the same tokens at every --tsp-size
 MOCK_RUN = ["--mock-data", "--model-size", "tiny", "--seq-length", "64", "--micro-batch-size", "2",
@@ -37,6 +39,21 @@ def losses_of(nproc: int, args, cache_dir, **kwargs):
     assert code == 0, output[-5000:]
     assert losses, output[-5000:]
     return losses
+
+
+def grad_norms(output: str):
+    """{iteration: logged grad norm} of a run's output (iterations whose line has one)."""
+    return {int(i): float(norm) for i, norm in _GRAD_NORM.findall(output)}
+
+
+def losses_and_grad_norms_of(nproc: int, args, cache_dir, **kwargs):
+    """losses_of, plus {iteration: grad norm}: one norm for every logged loss."""
+    code, losses, output = run_pretrain(nproc, args, cache_dir, **kwargs)
+    assert code == 0, output[-5000:]
+    assert losses, output[-5000:]
+    norms = grad_norms(output)
+    assert norms.keys() == losses.keys(), output[-5000:]
+    return losses, norms
 
 
 def _weights_of(checkpoints):
