@@ -117,8 +117,8 @@ def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> in
 
 def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
     """The larger of two moments.
-    Output layer backward, one vocabulary shard visiting: fp32 logits and probabilities
-    [s, Vp/D], three fp32 gradient accumulators of the shard (travelling, incoming, this rank's
+    Output layer backward, one vocabulary shard visiting: its logits [s, Vp/D] as the matmul
+    makes them (e bytes) and their fp32 copy, which becomes the probabilities in place; three fp32 gradient accumulators of the shard (travelling, incoming, this rank's
     partial), the visiting and the prefetched shard, the fp32 input-gradient accumulator.
     Last layer's attention backward, one head-group step recomputed: about four copies of the
     step's keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
@@ -126,7 +126,7 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attent
     norm already freed; on CPU the materialised mask of rank 0's last chunk (c x S)."""
     s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
     shard = cfg.padded_vocab_size(D) // D
-    vocab = 2 * s * shard * FP32 + shard * h * (3 * FP32 + 2 * e) + s * h * FP32
+    vocab = s * shard * (FP32 + e) + shard * h * (3 * FP32 + 2 * e) + s * h * FP32
     steps = min(cfg.num_query_groups, D)
     kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
     mask = MASK_CALL_BYTES * (S // (2 * D)) * S if attention == "cpu-sdpa" else 0

@@ -58,7 +58,8 @@ class TSPEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [b, s] -> embeddings [s, b, h] (Megatron's layout)."""
-        return _EmbeddingRing.apply(input_ids.t(), self.word_embeddings.weight)
+        # contiguous: the output takes the ids' layout, and pipeline sends need [s, b, h] dense
+        return _EmbeddingRing.apply(input_ids.t().contiguous(), self.word_embeddings.weight)
 
 
 def _masked_logits(x2d, shard, index, vocab_size):
@@ -79,12 +80,14 @@ class _VocabCrossEntropy(torch.autograd.Function):
         target = torch.zeros(n, device=x.device)
         for visit in ShardRing([table], "vocab_weights"):
             logits = _masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
-            new_max = torch.maximum(running_max, logits.max(dim=-1).values)
-            sum_exp = sum_exp * torch.exp(running_max - new_max) + torch.exp(
-                logits - new_max.unsqueeze(1)).sum(dim=-1)
-            running_max = new_max
             hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
             target = torch.where(hit, logits.gather(1, row.unsqueeze(1)).squeeze(1), target)
+            new_max = torch.maximum(running_max, logits.max(dim=-1).values)
+            # in place: the [n, Vd] fp32 logits are the only tensor of that size
+            shard_sum = logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=-1)
+            sum_exp = sum_exp * torch.exp(running_max - new_max) + shard_sum
+            running_max = new_max
+            del logits  # before the next shard's exist
         log_z = running_max + torch.log(sum_exp)
         ctx.vocab_size = vocab_size
         ctx.save_for_backward(x, table, labels, log_z)
@@ -109,6 +112,7 @@ class _VocabCrossEntropy(torch.autograd.Function):
             probs *= grad_loss
             grad_x += probs @ shard.float()
             visit.accumulate([probs.t() @ x2d_fp32])
+            del probs  # before the next shard's logits exist: one [n, Vd] fp32 at a time
         return (grad_x.view(x.shape).to(x.dtype), ring.owned_grads()[0].to(table.dtype),
                 None, None)
 
