@@ -7,9 +7,10 @@ For every layout of `--gpus` GPUs (a model-parallel group of D GPUs, data parall
 rest) it predicts the per-GPU memory (megatron_tsp.planner_memory: params, grads, optimizer
 state, kept activations, transient buffers; a GPU flash attention kernel) and the bytes each GPU
 sends and receives per step (megatron_tsp.planner_bytes, the same formulas the benchmark's
-counters confirm byte for byte). It recommends, among the layouts that fit in the GPU's memory,
-the one with the least communication time per sequence: max(sent, received) over the GPU's
-link bandwidth, divided by the sequences the whole job processes per step (dp x micro-batch).
+counters confirm byte for byte). It recommends, among the layouts that fit in 90% of the GPU's
+memory (the rest is left to the CUDA context, NCCL and allocator fragmentation), the one with
+the least communication time per sequence: max(sent, received) over the GPU's link bandwidth,
+divided by the sequences the whole job processes per step (dp x micro-batch).
 Overlap with compute and latency are ignored: it ranks layouts, it does not predict step time.
 """
 
@@ -22,6 +23,9 @@ from megatron_tsp.planner_bytes import Layout, transfer_bytes
 from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
 
 GIB, GB = 2 ** 30, 10 ** 9
+# what a layout may plan to allocate: the rest is left to what the planner does not model (the
+# CUDA context, NCCL's buffers, the caching allocator's fragmentation)
+USABLE_MEMORY_FRACTION = 0.9
 SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                "kv_channels", "ffn_hidden_size", "vocab_size")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -115,7 +119,7 @@ def plan(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int, gpu: GPUSpec,
     received = sum(r for _, r in transfers.values())
     step = max(sent, received) / gpu.link_bytes_per_s
     return Plan(layout, memory, sent, received, step, step / (layout.dp * b),
-                memory.total <= gpu.memory_bytes)
+                memory.total <= USABLE_MEMORY_FRACTION * gpu.memory_bytes)
 
 
 def plans(cfg: Qwen3Config, S: int, gpus: int, gpu: str, b: int = 1, dtype: str = "bf16",

@@ -117,16 +117,21 @@ def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> in
 
 def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
     """The larger of two moments.
-    Output layer backward, one vocabulary shard visiting: its logits [s, Vp/D] as the matmul
-    makes them (e bytes) and their fp32 copy, which becomes the probabilities in place; three fp32 gradient accumulators of the shard (travelling, incoming, this rank's
-    partial), the visiting and the prefetched shard, the fp32 input-gradient accumulator.
+    Output layer backward, a visiting shard (its copy and the prefetched one, the fp32 input and
+    input-gradient [s, h] alive throughout), at the larger of: its logits [s, Vp/D] being made,
+    the matmul's (e bytes) and their fp32 copy, which becomes the probabilities in place, with the
+    travelling fp32 gradient accumulator; or its gradient being passed on, the probabilities with
+    three fp32 accumulators (this rank's partial, the travelling and the incoming one). Both
+    measured on fake GPU tensors (tests/test_fake_gpu.py) and on CPU (tests/test_planner.py).
     Last layer's attention backward, one head-group step recomputed: about four copies of the
     step's keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
     gradient), four fp32 [s, h] gradient tensors, less the last layer's pre-MLP norm and the final
     norm already freed; on CPU the materialised mask of rank 0's last chunk (c x S)."""
     s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
     shard = cfg.padded_vocab_size(D) // D
-    vocab = s * shard * (FP32 + e) + shard * h * (3 * FP32 + 2 * e) + s * h * FP32
+    logits_made = s * shard * (FP32 + e) + shard * h * FP32
+    gradient_passed = s * shard * FP32 + 3 * shard * h * FP32
+    vocab = max(logits_made, gradient_passed) + 2 * shard * h * e + 2 * s * h * FP32
     steps = min(cfg.num_query_groups, D)
     kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
     mask = MASK_CALL_BYTES * (S // (2 * D)) * S if attention == "cpu-sdpa" else 0
