@@ -1,11 +1,15 @@
 """Run the entry points for real: pretrain_qwen3.py under torchrun (reading Megatron's iteration
-log) and tools/convert_checkpoint.py."""
+log), plain Megatron's loop on GPTModel (tests/mcore_pretrain_gpt.py) and
+tools/convert_checkpoint.py."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from megatron_tsp.spawn import free_port
 
@@ -30,8 +34,12 @@ def run_pretrain(nproc: int, args, cache_dir, timeout: float = 300, env=None):
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
                             timeout=timeout)
     output = result.stdout + result.stderr
-    losses = {int(i): float(loss) for i, loss in _ITERATION.findall(output)}
-    return result.returncode, losses, output
+    return result.returncode, lm_losses(output), output
+
+
+def lm_losses(output: str):
+    """{iteration: logged lm loss} of a run's output."""
+    return {int(i): float(loss) for i, loss in _ITERATION.findall(output)}
 
 
 def losses_of(nproc: int, args, cache_dir, **kwargs):
@@ -54,6 +62,26 @@ def losses_and_grad_norms_of(nproc: int, args, cache_dir, **kwargs):
     norms = grad_norms(output)
     assert norms.keys() == losses.keys(), output[-5000:]
     return losses, norms
+
+
+def run_mcore_driver(args, nproc: int = 2, timeout: float = 300.0) -> str:
+    """tests/mcore_pretrain_gpt.py (plain GPTModel in Megatron's loop) under torchrun: its
+    combined output; the test fails on an error or after `timeout` seconds."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+               str(ROOT / "tests" / "mcore_pretrain_gpt.py"), *map(str, args)]
+    env = dict(os.environ, CUDA_DEVICE_MAX_CONNECTIONS="1", OMP_NUM_THREADS="1")
+    # own session, so that a run past its time is stopped with all its ranks
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{' '.join(command)}\ntimed out after {timeout} s\n...\n{output[-6000:]}")
+    assert proc.returncode == 0, f"{' '.join(command)}\n...\n{output[-6000:]}"
+    return output
 
 
 def _weights_of(checkpoints):

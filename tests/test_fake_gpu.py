@@ -24,18 +24,24 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
                                 reason="the fake CUDA shim (tests/fake_cuda.cpp) needs g++")
 
 
-def fake_gpu_step(rank: int, *extra) -> dict:
-    command = [sys.executable, str(ROOT / "tests" / "fake_gpu_step.py"), "--rank", str(rank),
-               "--tsp-size", str(D), "--model-size", "8b", "--num-layers", str(LAYERS),
-               "--seq-length", str(S), "--dtype", "bf16", *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def fake_gpu_steps(ranks, *extra) -> list:
+    """tests/fake_gpu_step.py's report for each rank, the ranks run side by side."""
+    command = [sys.executable, str(ROOT / "tests" / "fake_gpu_step.py"), "--tsp-size", str(D),
+               "--model-size", "8b", "--num-layers", str(LAYERS), "--seq-length", str(S),
+               "--dtype", "bf16", *extra]
+    runs = [subprocess.Popen(command + ["--rank", str(rank)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for rank in ranks]
+    reports = []
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, out[-3000:] + err[-6000:]
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
 
 
 @pytest.fixture(scope="module")
 def first_and_last_rank():
-    return [fake_gpu_step(rank) for rank in (0, D - 1)]
+    return fake_gpu_steps([0, D - 1])
 
 
 def test_step_stays_on_the_device_and_never_waits_on_the_host(first_and_last_rank):

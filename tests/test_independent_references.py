@@ -1,6 +1,6 @@
-"""Cases checked elsewhere only against TSP at D = 1, here against plain megatron-core GPTModel
-(local spec, tensor-parallel size 1) with the same weights: tied embeddings with kv groups < D,
-D = 4, and a padded vocabulary. Loss (1e-5 relative) and every gradient (relative norm error
+"""The TSP model equals plain megatron-core GPTModel (local spec, tensor-parallel size 1) with the
+same weights: GQA, tied embeddings with kv groups < D, MHA, and a padded vocabulary, at D = 2
+and 4. Loss (1e-5 relative) and every gradient (relative norm error
 < 1e-5), fp32, at D = 2 and 4.
 
 The padded vocabulary: TSP pads the tables to a multiple of 128 x D and masks the logits of the
@@ -19,10 +19,11 @@ import torch
 
 from megatron_tsp import parallel_state as ps
 from tests.dist import run_distributed
-from tests.tsp_harness import full_batch, full_grads, tiny_config, train_step
+from tests.tsp_harness import full_batch, full_grads, gptmodel_step, tiny_config, train_step
 
 CASES = {
     # 512 = 128 x 4: no vocabulary padding at D = 2 or 4
+    "untied-groups2": tiny_config(heads=8, groups=2, tied=False, vocab_size=512),
     "tied-groups1": tiny_config(heads=8, groups=1, tied=True, vocab_size=512),
     "tied-groups2": tiny_config(heads=8, groups=2, tied=True, vocab_size=512),
     "untied-mha": tiny_config(heads=8, groups=8, tied=False, vocab_size=512),
@@ -46,19 +47,6 @@ def _tsp_step(config):
             "padded_vocab_size": model.padded_vocab_size}
 
 
-def _gptmodel_step(config, weights):
-    from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
-    model = build_mcore_qwen3(config.replace(make_vocab_size_divisible_by=1))
-    assert model.vocab_size == config.vocab_size
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(k.endswith("_extra_state") for k in missing), missing
-    tokens, labels, positions, loss_mask = full_batch(config.vocab_size, BATCH, SEQ)
-    loss = model(tokens, positions, None, labels=labels)
-    mean = (loss * loss_mask).sum() / loss_mask.sum()
-    mean.backward()
-    return {"loss": mean.item(), "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
-
-
 def _all_cases(cases):
     """Worker on 4 ranks: {"tsp": {D: {case: result}}, "gptmodel": {case: result}} on rank 0."""
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -72,8 +60,10 @@ def _all_cases(cases):
     ps.initialize_tsp(1)
     try:
         model_parallel_cuda_manual_seed(0)
-        out["gptmodel"] = {name: _gptmodel_step(cfg, out["tsp"][4][name]["weights"])
-                           for name, cfg in cases.items()}
+        out["gptmodel"] = {}
+        for name, cfg in cases.items():
+            loss, grads = gptmodel_step(cfg, out["tsp"][4][name]["weights"], BATCH, SEQ)
+            out["gptmodel"][name] = {"loss": loss, "grads": grads}
     finally:
         ps.destroy_tsp()
     return out if torch.distributed.get_rank() == 0 else None

@@ -9,21 +9,15 @@ evaluation runs; --tensorboard-dir gets an events file. The TSP model's own runs
 loop are tests/test_pretrain_e2e.py.
 """
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from megatron_tsp.spawn import free_port
+from tests.pretrain_runner import run_mcore_driver
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-DRIVER = ROOT / "tests" / "mcore_pretrain_gpt.py"
 TRAIN_ITERS = 6
 
 # What a CPU run needs (no CUDA kernels, gloo), then a tiny GPT and its schedule.
@@ -49,21 +43,7 @@ _VALID_LOSS = re.compile(r"validation loss at iteration (\d+)(?: on validation s
 
 def run_pretrain(*args: str, nproc: int = 2, timeout: float = 120.0) -> str:
     """Run the driver under torchrun; return its combined output (fails the test on error)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           str(DRIVER), *BASE_ARGS, *args]
-    env = {**os.environ, "CUDA_DEVICE_MAX_CONNECTIONS": "1", "OMP_NUM_THREADS": "1"}
-    # Own session, so that a run past its time is stopped with all its ranks.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)}\ntimed out after {timeout} s\n...\n{output[-6000:]}")
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n...\n{output[-6000:]}"
-    return output
+    return run_mcore_driver([*BASE_ARGS, *args], nproc, timeout)
 
 
 def train_losses(output: str) -> dict[int, float]:

@@ -5,16 +5,11 @@ same weights (a random Hugging Face Qwen3 imported with tools/convert_checkpoint
 `grad norm` are equal at every iteration. The grad norm is Megatron's own, over the whole model:
 it would show a gradient scaled by 0.5 or counted twice, which Adam hides from the losses."""
 
-import os
-import signal
-import subprocess
-import sys
-
 import pytest
 
-from megatron_tsp.spawn import free_port
 from tests.hf_models import HF_SHAPE, hf_model
-from tests.pretrain_runner import ROOT, convert, grad_norms, losses_and_grad_norms_of
+from tests.pretrain_runner import (convert, grad_norms, lm_losses, losses_and_grad_norms_of,
+                                   run_mcore_driver)
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 5
@@ -42,25 +37,10 @@ GPT_ARGS = [
 ]
 
 
-def _megatron_gpt_run(checkpoint, timeout=300):
+def _megatron_gpt_run(checkpoint):
     """tests/mcore_pretrain_gpt.py on 2 ranks from `checkpoint`: (losses, grad norms)."""
-    from tests.pretrain_runner import _ITERATION
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-               str(ROOT / "tests" / "mcore_pretrain_gpt.py"),
-               *map(str, GPT_ARGS + COMMON + ["--load", checkpoint])]
-    env = dict(os.environ, CUDA_DEVICE_MAX_CONNECTIONS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s\n{output[-5000:]}")
-    assert proc.returncode == 0, output[-5000:]
-    losses = {int(i): float(loss) for i, loss in _ITERATION.findall(output)}
-    return losses, grad_norms(output)
+    output = run_mcore_driver(GPT_ARGS + COMMON + ["--load", checkpoint])
+    return lm_losses(output), grad_norms(output)
 
 
 def test_tsp_trains_like_megatron_gptmodel(tmp_path):

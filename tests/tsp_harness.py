@@ -7,7 +7,6 @@ computed gathered back to full shape, so results at different D compare directly
 import torch
 
 from megatron_tsp import comm
-from megatron_tsp import parallel_state as ps
 from megatron_tsp.layers.linear import gather_full
 from megatron_tsp.layers.vocab import masked_token_mean
 from megatron_tsp.layout import scatter_to_local
@@ -45,19 +44,16 @@ def full_grads(model: TSPQwen3Model):
     return {name: gather_full(p.grad, p) for name, p in model.named_parameters()}
 
 
-def step_results(config: Qwen3Config, seq_length=16, batch=2, seed=7):
-    """Loss and every full gradient after one step at the current TSP size."""
-    model = TSPQwen3Model(config)
-    model.init_weights(seed)
-    mean, _ = train_step(model, full_batch(config.vocab_size, batch, seq_length))
-    return {"loss": mean.item(), "grads": full_grads(model)}
-
-
-def run_step_parity_configs(tsp_size, configs):
-    """Worker body: one step for each config at `tsp_size`; rank 0 returns the results."""
-    ps.initialize_tsp(tsp_size)
-    try:
-        results = [step_results(cfg) for cfg in configs]
-    finally:
-        ps.destroy_tsp()
-    return results if torch.distributed.get_rank() == 0 else None
+def gptmodel_step(config: Qwen3Config, weights, batch: int, seq_length: int):
+    """Plain megatron-core GPTModel (local spec, TP 1, the real vocabulary unpadded) with the
+    given full weights, one step on the same batch: (mean loss, {name: gradient})."""
+    from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
+    model = build_mcore_qwen3(config.replace(make_vocab_size_divisible_by=1))
+    assert model.vocab_size == config.vocab_size
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.endswith("_extra_state") for k in missing), missing
+    tokens, labels, positions, loss_mask = full_batch(config.vocab_size, batch, seq_length)
+    loss = model(tokens, positions, None, labels=labels)
+    mean = (loss * loss_mask).sum() / loss_mask.sum()
+    mean.backward()
+    return mean.item(), {name: p.grad.clone() for name, p in model.named_parameters()}

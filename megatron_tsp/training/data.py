@@ -8,7 +8,6 @@ position ids to the global positions of the local tokens (GPTModel's RoPE positi
 
 from functools import partial
 
-import torch
 from megatron.core import mpu
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
