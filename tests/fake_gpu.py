@@ -15,7 +15,9 @@ why (each is the least that lets the GPU code path run on a CPU-only torch):
 
 `StepAudit` watches every operator of a step: any tensor off the device, any operator that
 makes the device wait for the host, and any tensor shaped like attention scores over the
-sequence (two dims that are multiples of the chunk length c = S/2D) fail the check.
+sequence (two dims that are multiples of the chunk length c = S/2D) fail the check. The last
+check is meant for long context, where c exceeds the model's own dims (at 128K tokens and
+D = 8, c = 8192); at short lengths model dims can be multiples of c.
 """
 
 from typing import List, Optional
