@@ -68,6 +68,26 @@ UNSUPPORTED = [
 ]
 CASES += UNSUPPORTED
 
+# accepted before, then failing late or silently (issue 11)
+EMBEDDED = ["--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3", "--lr-warmup-iters",
+            "0", "--save-interval", "1"]
+SILENT = [
+    # the embedded corpus split 0,0,100: trained nothing, saved nothing, exit code 0
+    (["--split", "0,0,100", *EMBEDDED], 1, "--split"),
+    (["--split", "a,b", *EMBEDDED], 1, "--split"),
+    (["--split=-1,2,3", *EMBEDDED], 1, "--split"),  # trained on 1,2,3: the sign was dropped
+    (["--split", "1,1,1,1", *EMBEDDED], 1, "--split"),
+    (["--split", "0,0,0", *EMBEDDED], 1, "--split"),
+    # every update non-finite (epsilon 0: NaN for an all-zero row)
+    (["--rotary-base", "0", *MOCK], 1, "--rotary-base"),
+    (["--rotary-base", "-10000", *MOCK], 1, "--rotary-base"),
+    (["--norm-epsilon", "-1", *MOCK], 1, "--norm-epsilon"),
+    (["--norm-epsilon", "0", *MOCK], 1, "--norm-epsilon"),
+    # RoPE's rotate-half failed at the first forward
+    (["--kv-channels", "33", *MOCK], 1, "--kv-channels"),
+]
+CASES += SILENT
+
 
 def test_every_bad_launch_exits_fast_naming_the_flag_and_writes_nothing(tmp_path):
     cases = [(argv + ["--save", str(tmp_path / "ckpt"), "--tensorboard-dir",
@@ -79,3 +99,23 @@ def test_every_bad_launch_exits_fast_naming_the_flag_and_writes_nothing(tmp_path
         assert flag in outcome["stderr"], (argv, flag, outcome["stderr"])
         assert outcome["seconds"] < 10, (argv, outcome["seconds"])
     assert not list(tmp_path.glob("ckpt*")) and not list(tmp_path.glob("tb*"))
+
+
+def test_unusable_checkpoint_paths_are_refused_at_launch(tmp_path):
+    """--save a file (or under one) failed only at the first save; --load a missing path or a
+    file trained from random weights after one warning (issue 11)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a checkpoint")
+    cases = [
+        ([*MOCK, "--save", a_file], "--save"),
+        ([*MOCK, "--save", a_file / "ckpt"], "--save"),
+        ([*MOCK, "--save", tmp_path / "ckpt", "--load", tmp_path / "missing"], "--load"),
+        ([*MOCK, "--save", tmp_path / "ckpt", "--load", a_file], "--load"),
+    ]
+    outcomes = run_cases([(argv, 1) for argv, _ in cases], tmp_path, tmp_path / "cache")
+    for (argv, flag), outcome in zip(cases, outcomes):
+        assert outcome["code"] == 2, (argv, outcome)
+        assert flag in outcome["stderr"], (argv, flag, outcome["stderr"])
+        assert outcome["seconds"] < 10, (argv, outcome["seconds"])
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "missing").exists()
+    assert a_file.read_text() == "not a checkpoint"

@@ -17,6 +17,7 @@ import torch
 from megatron_tsp.models.config import PRESETS, qwen3_preset
 from megatron_tsp.parallel_state import validate_tsp_config
 from megatron_tsp.training.indexed_data import check_indexed_dataset
+from megatron_tsp.training.launch_checks import check_load, check_numerics, check_save, check_split
 
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -197,6 +198,10 @@ def _check_shape_values(args) -> None:
     if args.num_attention_heads % args.num_query_groups:
         raise ValueError(f"--num-attention-heads ({args.num_attention_heads}) must be a multiple "
                          f"of --num-query-groups ({args.num_query_groups})")
+    if args.kv_channels % 2:
+        raise ValueError(f"--kv-channels must be even, got {args.kv_channels}: RoPE rotates the "
+                         "two halves of every head")
+    check_numerics(args)
 
 
 def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
@@ -285,6 +290,7 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     explicit = explicit_flags(argv)
     _reject_replaced_parallelism(args)
     _reject_unsupported_flags(args)
+    check_load(args)
     # read first only when the shape comes from it: other flag errors are reported before it
     saved = _whole_checkpoint_args(args) if args.use_checkpoint_args else None
     _apply_shape(args, explicit, saved)
@@ -292,6 +298,7 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     _apply_cpu_defaults(args, explicit)
     _apply_data_defaults(args, explicit)
     _check_data_paths(args)
+    check_split(args)
     args.tensor_model_parallel_size = args.tsp_size
     # Megatron's default distributed-optimizer checkpoint reshards over data parallel only; TSP
     # users change --tsp-size with their cluster, so the state is saved fully reshardable
@@ -302,6 +309,7 @@ def prepare_args(args, argv: Iterable[str]) -> None:
                         pipeline_size=args.pipeline_model_parallel_size)
     if args.save and args.save_interval is None:
         raise ValueError("--save needs --save-interval (iterations between checkpoints)")
+    check_save(args)
     if args.max_consecutive_nonfinite_iterations < 1:
         raise ValueError("--max-consecutive-nonfinite-iterations must be >= 1, got "
                          f"{args.max_consecutive_nonfinite_iterations}")
