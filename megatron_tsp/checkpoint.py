@@ -52,7 +52,12 @@ def checkpoint_dir(load: str) -> Path:
     tracker = Path(load) / TRACKER_NAME
     if not tracker.is_file():
         raise ValueError(f"--load {load}: no {TRACKER_NAME}")
-    tag = tracker.read_text().strip()
+    try:
+        tag = tracker.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as error:  # a ValueError too, but one that names no file
+        raise ValueError(f"--load {load}: {tracker}: not UTF-8 text (byte "
+                         f"{error.object[error.start]:#04x} at offset {error.start}); it should "
+                         "hold an iteration number or 'release'") from None
     if tag != "release" and not tag.isdigit():
         raise ValueError(f"--load {load}: {tracker} holds {tag!r}, not an iteration")
     directory = Path(load) / ("release" if tag == "release" else f"iter_{int(tag):07d}")

@@ -1,6 +1,6 @@
-"""Corrupt inputs are reported, not trusted: a cut or mismatched dataset file and a cut or missing
-checkpoint shard stop the real entry points at launch, naming the file, before anything is read
-into the model or written."""
+"""Corrupt inputs are reported, not trusted: a cut or mismatched dataset file, a cut or missing
+checkpoint shard and a checkpoint tracker that is not text stop the real entry points at launch,
+naming the file, before anything is read into the model or written."""
 
 import os
 import shutil
@@ -103,3 +103,19 @@ def test_export_of_a_cut_checkpoint_fails_naming_the_shard(tmp_path, broken_chec
     assert result.returncode == 2
     assert f"{shard} is truncated: " in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_tracker_that_is_not_utf8_is_named_at_launch_and_by_export(tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    (checkpoint / "iter_0000001").mkdir(parents=True)
+    tracker = checkpoint / "latest_checkpointed_iteration.txt"
+    tracker.write_bytes(b"\xff\xfe1\n")
+    expected = f"--load {checkpoint}: {tracker}: not UTF-8 text"
+    [outcome] = run_cases([(["--mock-data", "--load", checkpoint, *MOCK], 1)], tmp_path,
+                          tmp_path / "cache")
+    assert outcome["code"] == 2 and expected in outcome["stderr"], outcome
+    result = convert("export-hf", "--load", checkpoint, "--hf-path", tmp_path / "hf",
+                     check=False, timeout=120)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "hf").exists()
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["iter_0000001", tracker.name]
