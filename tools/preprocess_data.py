@@ -31,7 +31,7 @@ def main(argv=None):
         prefix = preprocess(args.input, args.output_prefix, args.tokenizer_model,
                             args.json_keys, append_eod=not args.no_append_eod)
     except ValueError as error:
-        parser.exit(2, f"error: {error}\n")
+        parser.exit(2, f"preprocess_data.py: error: {error}\n")
     print(f"wrote {prefix}.bin and {prefix}.idx; train with --data-path {prefix}")
 
 

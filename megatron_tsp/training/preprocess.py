@@ -3,7 +3,9 @@
 Inputs: JSON lines (`.jsonl`, `.json`, optionally `.gz`; one document per line under a key) or
 plain text (`.txt`, optionally `.gz`; one document per file). Each document is tokenized, the
 end-of-document token appended, and written as one document of Megatron's IndexedDataset, under
-Megatron's naming `<output-prefix>_<json-key>_document.{bin,idx}`.
+Megatron's naming `<output-prefix>_<json-key>_document.{bin,idx}`. A line that is not UTF-8,
+not a JSON object, or whose text is missing or not a string stops the run naming the file and the
+line; the dataset is written under temporary names and appears only when whole.
 """
 
 import gzip
@@ -17,8 +19,43 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(
-        path, encoding="utf-8")
+    # bytes that are not UTF-8 become lone surrogates (UTF-8 never decodes to one) and are
+    # reported by _utf8 with their line: a strict decoder fails on a whole chunk, naming no line
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
+
+
+def _utf8(text: str, path: Path, line_number: int) -> str:
+    """text (starting at line_number of path), or ValueError naming the line of its first byte
+    that is not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        line_number += text.count("\n", 0, error.start)
+        raise ValueError(f"{path}:{line_number}: not UTF-8 text (byte "
+                         f"{ord(text[error.start]) - 0xDC00:#04x})") from None
+    return text
+
+
+_JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+               str: "a string", list: "a list", dict: "an object"}
+
+
+def _document(line: str, path: Path, line_number: int, json_key: str) -> str:
+    where = f"{path}:{line_number}"
+    try:
+        record = json.loads(_utf8(line, path, line_number))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: not a JSON object but {_JSON_TYPES[type(record)]}")
+    if json_key not in record:
+        raise ValueError(f'{where}: no "{json_key}" key (--json-keys names the key of the text)')
+    text = record[json_key]
+    if not isinstance(text, str):
+        raise ValueError(f'{where}: "{json_key}" is {_JSON_TYPES[type(text)]}, not a string')
+    return text
 
 
 def _format(path: Path) -> str:
@@ -34,16 +71,11 @@ def read_documents(paths: Sequence[Path], json_key: str) -> Iterator[str]:
     for path in paths:
         with _open_text(path) as f:
             if _format(path) == "text":
-                yield f.read()
+                yield _utf8(f.read(), path, 1)
                 continue
             for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)[json_key]
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise ValueError(f"--input {path} line {line_number}: no JSON object with "
-                                     f"key {json_key!r} ({error})") from None
+                if line.strip():
+                    yield _document(line, path, line_number, json_key)
 
 
 def load_tokenizer(tokenizer_dir: str):
