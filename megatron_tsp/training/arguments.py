@@ -16,7 +16,7 @@ import torch
 
 from megatron_tsp.models.config import PRESETS, qwen3_preset
 from megatron_tsp.parallel_state import validate_tsp_config
-from megatron_tsp.training.indexed_data import check_indexed_dataset
+from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
 from megatron_tsp.training.launch_checks import check_load, check_numerics, check_save, check_split
 
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -77,6 +77,8 @@ _ARCHITECTURE_NUMERICS = ("--norm-epsilon", "--rotary-base", "--init-method-std"
 _RECOMPUTE_FLAGS = ("--recompute-activations", "--recompute-granularity", "--recompute-method",
                     "--recompute-modules", "--recompute-num-layers",
                     "--distribute-saved-activations")
+# what Megatron's validate_args gives --split when --data-path comes without one
+_MEGATRON_DEFAULT_SPLIT = "969, 30, 1"
 _DATA_FLAGS = ("--mock-data", "--data-path", "--train-data-path", "--data-args-path",
                "--per-split-data-args-path")
 
@@ -232,6 +234,7 @@ def _check_data_paths(args) -> None:
         raise ValueError(f"--tokenizer-model {args.tokenizer_model}: no such file or directory")
     if args.mock_data or args.data_path == [str(embedded_dataset_prefix())]:
         return
+    divided = []  # (prefix, documents) of the --data-path datasets --split divides
     for flag in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
         for entry in getattr(args, flag, None) or []:
             try:
@@ -239,7 +242,11 @@ def _check_data_paths(args) -> None:
                 continue
             except ValueError:
                 pass
-            check_indexed_dataset(entry, f"--{flag.replace('_', '-')}")
+            sequences = check_indexed_dataset(entry, f"--{flag.replace('_', '-')}")
+            if flag == "data_path":
+                divided.append((entry, sequences))
+    for entry, sequences in divided:
+        check_split_documents(entry, sequences, args.split or _MEGATRON_DEFAULT_SPLIT)
 
 
 def _check_checkpoint(args, saved) -> None:
@@ -297,8 +304,8 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     _check_shape_values(args)
     _apply_cpu_defaults(args, explicit)
     _apply_data_defaults(args, explicit)
-    _check_data_paths(args)
     check_split(args)
+    _check_data_paths(args)
     args.tensor_model_parallel_size = args.tsp_size
     # Megatron's default distributed-optimizer checkpoint reshards over data parallel only; TSP
     # users change --tsp-size with their cluster, so the state is saved fully reshardable

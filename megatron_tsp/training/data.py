@@ -8,6 +8,7 @@ position ids to the global positions of the local tokens (GPTModel's RoPE positi
 
 from functools import partial
 
+import numpy
 from megatron.core import mpu
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
@@ -84,6 +85,26 @@ def _dataset_config(args) -> GPTDatasetConfig:
         data_parallel_size=args.data_parallel_size, sequence_parallel_size=0)
 
 
+class VocabularyCheckedGPTDataset(GPTDataset):
+    """Megatron's GPTDataset, refusing a sample that holds a token id outside the tokenizer's
+    vocabulary as it is read. Such an id trains silently on CPU at tsp 1 (the loss is wrong) and
+    turns the loss non-finite elsewhere, never naming the data; a full pass over a terabyte .bin
+    at launch would cost minutes, while a max over one sample is microseconds."""
+
+    def _query_document_sample_shuffle_indices(self, idx):
+        text, document_ids, document_lengths = super()._query_document_sample_shuffle_indices(idx)
+        tokens = text[:sum(document_lengths)]  # then the padding id, which may be -1
+        vocab_size = self.config.tokenizer.vocab_size
+        if tokens.size and (tokens.max() >= vocab_size or tokens.min() < 0):
+            first = int(numpy.flatnonzero((tokens >= vocab_size) | (tokens < 0))[0])
+            part = int(numpy.searchsorted(numpy.cumsum(document_lengths), first, side="right"))
+            raise ValueError(
+                f"--data-path {self.dataset.path_prefix}: document {document_ids[part]} holds "
+                f"token id {tokens[first]}, outside the tokenizer's vocabulary of {vocab_size} "
+                "(--vocab-size, or the --tokenizer-model the data was preprocessed with)")
+        return text, document_ids, document_lengths
+
+
 def _built_on_this_rank(vp_stage=None) -> bool:
     return mpu.get_tensor_model_parallel_rank() == 0 and is_first_or_last_pipeline_stage(vp_stage)
 
@@ -91,7 +112,7 @@ def _built_on_this_rank(vp_stage=None) -> bool:
 def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
     args = get_args()
     print_rank_0("> building train, validation, and test datasets for Qwen3 ...")
-    dataset_type = MockGPTDataset if args.mock_data else GPTDataset
+    dataset_type = MockGPTDataset if args.mock_data else VocabularyCheckedGPTDataset
     return BlendedMegatronDatasetBuilder(
         dataset_type, train_val_test_num_samples, partial(_built_on_this_rank, vp_stage),
         _dataset_config(args)).build()

@@ -16,14 +16,17 @@ import struct
 from pathlib import Path
 
 import numpy
+from megatron.core.datasets.blended_megatron_dataset_config import (
+    convert_split_vector_to_split_matrix, parse_and_normalize_split)
 from megatron.core.datasets.indexed_dataset import _INDEX_HEADER, DType
 
 _FIXED = struct.Struct("<9sQBQQ")
 
 
-def check_indexed_dataset(prefix: str, flag: str) -> None:
-    """Raise ValueError naming the flag and the file if prefix.{idx,bin} is missing, not an
-    index, truncated, or not the pair the index describes."""
+def check_indexed_dataset(prefix: str, flag: str) -> int:
+    """The number of sequences (GPT documents) in prefix.{idx,bin}; ValueError naming the flag
+    and the file if the pair is missing, not an index, truncated, or not the pair the index
+    describes."""
     idx, bin_ = Path(prefix + ".idx"), Path(prefix + ".bin")
     for path in (bin_, idx):
         if not path.is_file():
@@ -52,7 +55,7 @@ def check_indexed_dataset(prefix: str, flag: str) -> None:
                            f"{documents} document indices) needs {_FIXED.size + arrays}: "
                            "truncated or overwritten")
     if sequences == 0:
-        return
+        return 0
     index = numpy.memmap(idx, mode="r", offset=_FIXED.size, dtype=numpy.uint8,
                          shape=(arrays,))
     last_length = int(index[4 * (sequences - 1):4 * sequences].view(numpy.int32)[0])
@@ -65,3 +68,21 @@ def check_indexed_dataset(prefix: str, flag: str) -> None:
     if bin_.stat().st_size != expected_bin:
         raise corrupt(bin_, f"{bin_.stat().st_size} bytes, but {idx.name} indexes "
                             f"{expected_bin}: truncated, or not the pair of this index")
+    return sequences
+
+
+def check_split_documents(prefix: str, sequences: int, split: str) -> None:
+    """Every split --split gives a weight must receive a document of this dataset: Megatron's
+    GPTDataset builds an empty split's indices by adding epochs until they hold the tokens it
+    needs, which an empty epoch never does, so the launch would spin forever without a word
+    (even for a split no sample is drawn from). The bounds are Megatron's own arithmetic."""
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    empty = [name for name, bounds in zip(("train", "validation", "test"), matrix)
+             if bounds is not None
+             and int(round(bounds[0] * float(sequences))) == int(round(bounds[1] * float(sequences)))]
+    if empty:
+        raise ValueError(
+            f"--split {split}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of "
+            f"--data-path {prefix} get{'' if len(empty) > 1 else 's'} none of its {sequences} "
+            "documents; give such a split weight 0 (e.g. --split 98,2,0) or use a corpus of more "
+            "documents")
