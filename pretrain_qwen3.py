@@ -26,6 +26,10 @@ from megatron_tsp.training.data import (  # noqa: E402
     prepare_embedded_data, train_valid_test_datasets_provider)
 from megatron_tsp.training import nonfinite  # noqa: E402
 from megatron_tsp.training.step import forward_step, model_provider  # noqa: E402
+from megatron_tsp.training.orphans import exit_with_parent  # noqa: E402
+
+if __name__ == "__mp_main__":  # a spawn-mode helper of a rank imports this file as __mp_main__
+    exit_with_parent()
 
 
 def main(argv=None):
