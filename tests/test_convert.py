@@ -2,7 +2,9 @@
 
 A random transformers Qwen3 (GQA, head_dim != hidden / heads; tied and untied) goes through the
 real CLI; the exported tensors are bit-identical, and the imported checkpoint gives the loss
-transformers gives at --tsp-size 1, 2 and 4.
+transformers gives at --tsp-size 1, 2 and 4. Neither direction writes into a non-empty directory
+unless told to replace it, and then nothing of the old one remains, or all of it if the
+conversion fails.
 """
 
 import json
@@ -139,3 +141,74 @@ def test_loading_a_checkpoint_of_another_shape_names_both_values(hf_and_checkpoi
     with pytest.raises(ValueError, match=r"--num-layers: the checkpoint .* has 2, the arguments "
                                          r"give 3"):
         prepare_args(_parse(argv), argv)
+
+
+def _training_run(directory: Path) -> Path:
+    """A directory as a training run leaves it: the tracker naming iteration 7, its checkpoint."""
+    (directory / "iter_0000007").mkdir(parents=True)
+    (directory / "iter_0000007" / "common.pt").write_bytes(b"trained weights")
+    (directory / "latest_checkpointed_iteration.txt").write_text("7")
+    return directory
+
+
+def _stale_hf(directory: Path) -> Path:
+    """An earlier export of a larger model: more shards than the new export writes."""
+    directory.mkdir()
+    (directory / "config.json").write_text('{"num_hidden_layers": 64}')
+    (directory / "model-00009-of-00009.safetensors").write_bytes(b"stale shard")
+    return directory
+
+
+def _files(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}
+
+
+def test_a_non_empty_target_is_refused_before_any_work(hf_and_checkpoint, tmp_path):
+    model, root = hf_and_checkpoint
+    if model.config.tie_word_embeddings:
+        pytest.skip("the refusal does not depend on the model")
+    run, stale = _training_run(tmp_path / "run"), _stale_hf(tmp_path / "hf")
+    before = _files(run), _files(stale)
+    for argv, flag, target in (
+            (["import-hf", "--hf-path", root / "hf", "--save", run], "--save", run),
+            (["export-hf", "--load", root / "ckpt", "--hf-path", stale], "--hf-path", stale)):
+        result = convert(*argv, check=False)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"convert_checkpoint.py: error: {flag} {target}: not empty" in result.stderr
+        assert "--overwrite" in result.stderr
+        assert "importing" not in result.stdout and "exporting" not in result.stdout
+    assert (_files(run), _files(stale)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+
+
+def test_overwrite_replaces_the_whole_directory(hf_and_checkpoint, tmp_path):
+    model, root = hf_and_checkpoint
+    if model.config.tie_word_embeddings:
+        pytest.skip("overwriting does not depend on the model")
+    run, stale = _training_run(tmp_path / "run"), _stale_hf(tmp_path / "hf")
+    convert("import-hf", "--hf-path", root / "hf", "--save", run, "--dtype", "fp32",
+            "--overwrite")
+    assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "release"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "latest_checkpointed_iteration.txt", "release", "tokenizer"]
+    convert("export-hf", "--load", run, "--hf-path", stale, "--dtype", "fp32", "--overwrite")
+    index = json.loads((stale / "model.safetensors.index.json").read_text())
+    shards = {p.name for p in stale.glob("*.safetensors")}
+    assert shards == set(index["weight_map"].values()), shards
+    assert json.loads((stale / "config.json").read_text())["num_hidden_layers"] == (
+        model.config.num_hidden_layers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+
+
+def test_a_failed_overwrite_leaves_the_old_directory_as_it_was(tmp_path):
+    from megatron_tsp.conversion.output_dir import output_directory
+    stale = _stale_hf(tmp_path / "hf")
+    before = _files(stale)
+    with pytest.raises(OSError, match="disk full"):
+        with output_directory(str(stale), "--hf-path", True, "") as written:
+            written.mkdir()
+            (written / "model-00001-of-00002.safetensors").write_bytes(b"half an export")
+            raise OSError("disk full")
+    assert _files(stale) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]

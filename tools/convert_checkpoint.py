@@ -4,7 +4,9 @@
     python tools/convert_checkpoint.py export-hf --load ckpt/run --hf-path out/qwen3 [--verify]
 
 import-hf may run under torchrun with --tsp-size D (each rank then holds 1/D of the model); the
-checkpoint it writes loads at any --tsp-size either way.
+checkpoint it writes loads at any --tsp-size either way. Neither writes into a non-empty
+directory unless --overwrite is given: then the directory is replaced whole, once the conversion
+has succeeded.
 """
 
 import argparse
@@ -36,16 +38,20 @@ def main(argv=None):
                              help="dtype of the written weights")
         command.add_argument("--verify", action="store_true",
                              help="compare logits of both sides on random sequences")
+        command.add_argument("--overwrite", action="store_true",
+                             help="replace a non-empty output directory (refused otherwise): "
+                                  "all of it, once the conversion has succeeded")
     args = parser.parse_args(argv)
     try:
         if args.command == "import-hf":
             if args.tsp_size > 1 and int(os.environ.get("WORLD_SIZE", "1")) != args.tsp_size:
                 raise ValueError(f"--tsp-size {args.tsp_size}: run under torchrun with "
                                  f"--nproc-per-node {args.tsp_size}")
-            import_hf(args.hf_path, args.save, args.tsp_size, args.dtype, args.verify)
+            import_hf(args.hf_path, args.save, args.tsp_size, args.dtype, args.verify,
+                      args.overwrite)
         else:
             export_hf(args.load, args.hf_path, args.dtype, args.verify,
-                      int(args.max_shard_size_gb * 2 ** 30))
+                      int(args.max_shard_size_gb * 2 ** 30), args.overwrite)
     except ValueError as error:
         parser.exit(2, f"convert_checkpoint.py: error: {error}\n")
 

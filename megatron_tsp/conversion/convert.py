@@ -5,7 +5,8 @@ import-hf writes a *release* checkpoint through Megatron's own save_checkpoint, 
 --tsp-size, and plain Megatron-Core loads it at any tensor-parallel size: the layout is GPTModel's.
 export-hf reads a checkpoint (any iteration, saved at any size) at D = 1 and writes sharded
 safetensors that transformers loads offline. Peak memory is one copy of the model plus one
-tensor (import) or one output shard (export).
+tensor (import) or one output shard (export). Neither writes into a non-empty directory unless
+told to replace it whole (output_dir.py).
 """
 
 import os
@@ -20,6 +21,7 @@ from megatron_tsp.conversion.hf_io import (
     HFCheckpointReader, copy_tokenizer_files, read_hf_config, write_hf_checkpoint)
 from megatron_tsp.conversion.hf_qwen3 import (
     hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf)
+from megatron_tsp.conversion.output_dir import output_directory
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.models.full_weights import load_full_tensors
 from megatron_tsp.checkpoint import (check_checkpoint_files, checkpoint_args, checkpoint_dir,
@@ -27,6 +29,10 @@ from megatron_tsp.checkpoint import (check_checkpoint_files, checkpoint_args, ch
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_MERGED_IMPORT = ("import-hf would point its latest_checkpointed_iteration.txt at the import, and "
+                  "the next --load would start from the imported weights at iteration 0")
+_MERGED_EXPORT = ("export-hf would replace config.json and leave in place the files the new "
+                  "export does not write, stale shards among them")
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
@@ -68,12 +74,21 @@ def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save:
 
 
 def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
-              verify: bool = False) -> None:
+              verify: bool = False, overwrite: bool = False) -> None:
+    with output_directory(save, "--save", overwrite, _MERGED_IMPORT,
+                          [("--hf-path", hf_path)]) as written:
+        _import(hf_path, written, tsp_size, DTYPES[dtype])
+    torch.distributed.barrier()  # rank 0 has put the checkpoint in place before any rank reads it
+    _log(f"saved a release checkpoint in {save}: pretrain_qwen3.py --load {save}")
+    if verify:
+        report_logit_difference(load_model(save), hf_path)
+
+
+def _import(hf_path: str, save: Path, tsp_size: int, torch_dtype: torch.dtype) -> None:
     from megatron.training.checkpointing import save_checkpoint
     config = qwen3_config_from_hf(read_hf_config(hf_path), str(Path(hf_path) / "config.json"))
     reader = HFCheckpointReader(hf_path)
-    torch_dtype = DTYPES[dtype]
-    _megatron_args(config, tsp_size, torch_dtype, save)
+    _megatron_args(config, tsp_size, torch_dtype, str(save))
     ps.initialize_tsp(tsp_size)
     model = TSPQwen3Model(config, dtype=torch_dtype)
     total = 3 + 8 * config.num_layers + (0 if config.tie_word_embeddings else 1)
@@ -88,11 +103,8 @@ def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
     load_full_tensors(model, tensors())
     save_checkpoint(0, [model], None, None, 0, release=True)
     if torch.distributed.get_rank() == 0:
-        copy_tokenizer_files(Path(hf_path), Path(save) / "tokenizer")
+        copy_tokenizer_files(Path(hf_path), save / "tokenizer")
     torch.distributed.barrier()
-    _log(f"saved a release checkpoint in {save}: pretrain_qwen3.py --load {save}")
-    if verify:
-        report_logit_difference(load_model(save), hf_path)
 
 
 def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
@@ -110,7 +122,16 @@ def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
 
 
 def export_hf(load: str, hf_path: str, dtype: str = "bf16", verify: bool = False,
-              max_shard_bytes: int = 5 * 2 ** 30) -> None:
+              max_shard_bytes: int = 5 * 2 ** 30, overwrite: bool = False) -> None:
+    with output_directory(hf_path, "--hf-path", overwrite, _MERGED_EXPORT,
+                          [("--load", load)]) as written:
+        model = _export(load, str(written), dtype, max_shard_bytes)
+    _log(f"wrote {hf_path}: transformers.AutoModelForCausalLM.from_pretrained({hf_path!r})")
+    if verify:
+        report_logit_difference(model, hf_path)
+
+
+def _export(load: str, hf_path: str, dtype: str, max_shard_bytes: int) -> TSPQwen3Model:
     model = load_model(load)
     config, torch_dtype = model.qwen3_config, DTYPES[dtype]
     params = dict(model.named_parameters())
@@ -125,13 +146,11 @@ def export_hf(load: str, hf_path: str, dtype: str = "bf16", verify: bool = False
     tokenizer = Path(load) / "tokenizer"
     if not tokenizer.is_dir():
         tokenizer = Path(checkpoint_args(load).tokenizer_model or "")
-    _log(f"exporting {load} to {hf_path} ({dtype})")
+    _log(f"exporting {load} ({dtype})")
     write_hf_checkpoint(hf_path, hf_config_from_qwen3(config, _DTYPE_NAMES[torch_dtype]),
                         tensors(), max_shard_bytes,
                         tokenizer if tokenizer.is_dir() else None)
-    _log(f"wrote {hf_path}: transformers.AutoModelForCausalLM.from_pretrained({hf_path!r})")
-    if verify:
-        report_logit_difference(model, hf_path)
+    return model
 
 
 @torch.no_grad()
