@@ -130,3 +130,41 @@ def test_a_job_killed_mid_save_keeps_the_previous_checkpoint_and_resumes_exactly
         assert abs(resumed[i] - logged[i]) <= 1e-6 * logged[i], (i, resumed[i], logged[i])
     # the resumed run saved over the interrupted directory
     assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "12"
+
+
+# in a private mount namespace: a filesystem of `size` at $0, the job ($2...), then a copy of
+# what it left there to $1 (the namespace, and its mount, end with the shell)
+_ON_A_SMALL_DISK = 'mount -t tmpfs -o size={size} tmpfs "$0" || exit 90; left=$1; shift; ' \
+                   '"$@"; code=$?; cp -a "$0"/. "$left"/; exit $code'
+
+
+def test_a_full_disk_during_a_save_is_named_and_the_previous_checkpoint_kept(tmp_path):
+    """A 7 MiB filesystem holds one 4.8 MB checkpoint of this run, not two: the save of
+    iteration 4 fails. It said "Worker failure ... RuntimeError" and left the partial
+    iter_0000004 (issue 11)."""
+    mount, left = tmp_path / "disk", tmp_path / "left"
+    mount.mkdir()
+    left.mkdir()
+    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c",
+                            'mount -t tmpfs -o size=1m tmpfs "$0"', mount], capture_output=True)
+    if probe.returncode:
+        pytest.skip("a small private filesystem needs unshare and mount (user namespaces): "
+                    f"{probe.stderr.decode()[-200:]}")
+    checkpoint = mount / "ckpt"
+    job = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(free_port()), str(ROOT / "pretrain_qwen3.py"),
+           *map(str, MOCK_RUN + ["--tsp-size", "2", "--train-iters", "6", "--save",
+                                 checkpoint, "--save-interval", "2"])]
+    result = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c",
+                             _ON_A_SMALL_DISK.format(size="7m"), mount, left, *job],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, MEGATRON_TSP_CACHE=str(tmp_path / "cache")))
+    output = result.stdout + result.stderr
+    assert result.returncode not in (0, 90), output[-3000:]
+    assert (f"saving the checkpoint of iteration 4 to {checkpoint}/iter_0000004 failed: No space "
+            f"left on device; the partial {checkpoint}/iter_0000004 was removed") in output, \
+        output[-3000:]
+    assert sorted(p.name for p in (left / "ckpt").iterdir()) == [
+        "iter_0000002", "latest_checkpointed_iteration.txt"]
+    assert (left / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert (left / "ckpt" / "iter_0000002" / ".metadata").is_file()

@@ -29,6 +29,7 @@ import torch
 
 from megatron_tsp.compat.cpu import _CPU_AS_CUDA, _ModuleView
 from megatron_tsp.compat.optimizer_resume import apply_optimizer_resume_fix
+from megatron_tsp.compat.failed_save import apply_failed_save_report
 
 _applied = False
 
@@ -380,6 +381,7 @@ def apply_training_adaptations() -> None:
         return
     _applied = True
     apply_optimizer_resume_fix()
+    apply_failed_save_report()
     _first_logged_iteration_resets_its_interval()
     if torch.cuda.is_available():
         return
