@@ -3,6 +3,7 @@ an existing checkpoint untouched."""
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,15 +90,29 @@ def test_another_vocabulary_is_refused_with_and_without_finetune(tmp_path):
     """--finetune (and --pretrained-checkpoint, which implies it) resets the iteration and the
     optimizer only: a tokenizer of another size is refused as it is without it. Megatron loads
     vocabulary tables across paddings, so a smaller tokenizer would otherwise train on with the
-    checkpoint's last rows masked (issue 10, defect 7)."""
+    checkpoint's last rows masked (issue 10, defect 7). The --finetune launch runs for real; the
+    three ways of naming the checkpoint go through the same check, at model build."""
+    import argparse
+    from megatron_tsp.training.step import _check_checkpoint_vocabulary
     from tests.pretrain_runner import MOCK_RUN, run_pretrain
     checkpoint, cache = tmp_path / "ckpt", tmp_path / "cache"
     code, _, output = run_pretrain(1, [*MOCK_RUN, "--train-iters", "1", "--save", checkpoint,
                                        "--save-interval", "1"], cache)
     assert code == 0, output[-3000:]
-    smaller = [*MOCK_RUN, "--train-iters", "2", "--vocab-size", "4000"]
-    for start in (["--load", checkpoint], ["--load", checkpoint, "--finetune"],
-                  ["--pretrained-checkpoint", checkpoint]):
-        code, losses, output = run_pretrain(1, [*smaller, *start], cache)
-        assert code != 0 and not losses, (start, losses, output[-3000:])
-        assert "the checkpoint's vocabulary has" in output, (start, output[-3000:])
+    code, losses, output = run_pretrain(1, [*MOCK_RUN, "--train-iters", "2", "--vocab-size",
+                                            "4000", "--load", checkpoint, "--finetune"], cache)
+    assert code != 0 and not losses, (losses, output[-3000:])
+    assert "the checkpoint's vocabulary has" in output, output[-3000:]
+    saved = 4096  # the tiny preset's vocabulary, which MOCK_RUN's NullTokenizer keeps
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for load, finetune, pretrained, flag in [(checkpoint, False, None, "--load"),
+                                             (checkpoint, True, None, "--load"),
+                                             (empty, True, checkpoint, "--pretrained-checkpoint")]:
+        args = argparse.Namespace(load=str(load), finetune=finetune,
+                                  pretrained_checkpoint=pretrained and str(pretrained))
+        expected = (f"{flag} {checkpoint}: the checkpoint's vocabulary has {saved} entries, "
+                    "the tokenizer has 4000")
+        with pytest.raises(ValueError, match="^" + re.escape(expected)):
+            _check_checkpoint_vocabulary(args, 4000)
+        _check_checkpoint_vocabulary(args, saved)
