@@ -1,9 +1,12 @@
-"""Run a function on D local processes (spawned, one thread each) that form a gloo group, and
-collect what each returns: the launcher of the distributed tests and of the CPU benchmarks.
+"""Run a function on D local processes (one thread each) that form a gloo group, and collect
+what each returns: the launcher of the distributed tests and of the CPU benchmarks.
 
-Each rank gets torchrun's environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) and calls
-`rank_setup(rank)` first, if given, then `fn(*args)`. Results travel as plain pickles, which copy
-tensor data (the queue's own pickler would pass shared-memory handles that die with the rank).
+The ranks are forked from multiprocessing's fork server, which imports megatron_tsp (torch and
+megatron-core with it) once per session: a spawned process spent seconds on those imports
+before it ran a line of the function. Each rank gets the caller's environment as it is now, plus
+torchrun's (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK), and calls `rank_setup(rank)` first,
+if given, then `fn(*args)`. Results travel as plain pickles, which copy tensor data (the queue's
+own pickler would pass shared-memory handles that die with the rank).
 """
 
 import os
@@ -21,9 +24,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world_size, port, rank_setup, fn, args, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+def _rank_main(rank, world_size, port, environment, rank_setup, fn, args, queue):
+    os.environ.clear()  # the fork server's environment is the one it started with
+    os.environ.update(environment, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     try:
         if rank_setup is not None:  # first: e.g. a network namespace before any thread starts
             rank_setup(rank)
@@ -41,13 +45,15 @@ def _rank_main(rank, world_size, port, rank_setup, fn, args, queue):
 def run_local_ranks(fn: Callable, world_size: int, *args,
                     rank_setup: Optional[Callable[[int], None]] = None,
                     timeout_s: float = 600.0) -> list:
-    """fn(*args) on world_size spawned ranks; their return values by rank. The first rank to
+    """fn(*args) on world_size forked ranks; their return values by rank. The first rank to
     fail raises RuntimeError with its traceback, and the other ranks are stopped."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["megatron_tsp"])
     queue = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_rank_main,
-                         args=(r, world_size, port, rank_setup, fn, args, queue))
+                         args=(r, world_size, port, dict(os.environ), rank_setup, fn, args,
+                               queue))
              for r in range(world_size)]
     for p in procs:
         p.start()
