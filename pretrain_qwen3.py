@@ -24,12 +24,18 @@ from megatron.training.global_vars import set_global_variables  # noqa: E402
 from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args  # noqa: E402
 from megatron_tsp.training.data import (  # noqa: E402
     prepare_embedded_data, train_valid_test_datasets_provider)
-from megatron_tsp.training import nonfinite  # noqa: E402
+from megatron_tsp.training import flag_errors, nonfinite  # noqa: E402
+from megatron_tsp.training.launch_checks import check_required  # noqa: E402
 from megatron_tsp.training.step import forward_step, model_provider  # noqa: E402
 from megatron_tsp.training.orphans import exit_with_parent  # noqa: E402
 
 if __name__ == "__mp_main__":  # a spawn-mode helper of a rank imports this file as __mp_main__
     exit_with_parent()
+
+
+def _usage_error(message: str) -> None:
+    print(f"pretrain_qwen3.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def main(argv=None):
@@ -38,14 +44,19 @@ def main(argv=None):
     args = parse_args(add_tsp_arguments)
     try:
         prepare_args(args, argv)
+        check_required(args)
     except ValueError as error:
-        print(f"pretrain_qwen3.py: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _usage_error(str(error))
     prepare_embedded_data(args)
-    validate_args(args, {})
-    set_global_variables(args)
+    # Megatron's own checks before pretrain() starts the process groups raise bare asserts
+    # that name attributes, not flags
+    try:
+        validate_args(args, {})
+        set_global_variables(args)
+        config = pretrain_cfg_container_from_args(args, None)
+    except flag_errors.TRANSLATED as error:
+        _usage_error(flag_errors.describe(error, args, argv, add_tsp_arguments))
     nonfinite.install(args)
-    config = pretrain_cfg_container_from_args(args, None)
     pretrain(config, train_valid_test_datasets_provider, ModelType.encoder_or_decoder,
              forward_step, model_provider=model_provider)
 

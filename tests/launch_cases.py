@@ -30,6 +30,7 @@ def run_cases(cases, cwd, cache_dir):
 def main():
     cases = json.loads(sys.stdin.read())
     import pretrain_qwen3
+    from megatron.training.global_vars import unset_global_variables
     results = []
     for argv, world_size in cases:
         os.environ["WORLD_SIZE"] = str(world_size)
@@ -41,6 +42,8 @@ def main():
                 pretrain_qwen3.main(argv)
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
+        # a case refused inside Megatron's set_global_variables leaves them set for the next
+        unset_global_variables()
         results.append({"code": code, "stderr": stderr.getvalue()[-2000:],
                         "seconds": time.monotonic() - start})
     print(json.dumps(results))

@@ -17,7 +17,8 @@ import torch
 from megatron_tsp.models.config import PRESETS, qwen3_preset
 from megatron_tsp.parallel_state import validate_tsp_config
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
-from megatron_tsp.training.launch_checks import check_load, check_numerics, check_save, check_split
+from megatron_tsp.training.launch_checks import (
+    check_blend, check_load, check_numerics, check_save, check_split, check_training)
 
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -70,13 +71,17 @@ _DEMO_DEFAULTS = {
     "--eval-interval": ("eval_interval", 100),
     "--eval-iters": ("eval_iters", 4),
 }
+# demo defaults another flag replaces: a sample-based run, another form of warmup
+_DEMO_REPLACED_BY = {"--train-iters": ("--train-samples",),
+                     "--lr-warmup-iters": ("--train-samples", "--lr-warmup-fraction",
+                                           "--lr-warmup-samples")}
 # shape flags that are numerics, not sizes: a checkpoint may be trained on with other values
 _ARCHITECTURE_NUMERICS = ("--norm-epsilon", "--rotary-base", "--init-method-std",
                           "--max-position-embeddings")
 # Megatron's activation-recompute flags: TSP's layers decide what they keep
 _RECOMPUTE_FLAGS = ("--recompute-activations", "--recompute-granularity", "--recompute-method",
                     "--recompute-modules", "--recompute-num-layers",
-                    "--distribute-saved-activations")
+                    "--distribute-saved-activations", "--checkpoint-activations")
 # what Megatron's validate_args gives --split when --data-path comes without one
 _MEGATRON_DEFAULT_SPLIT = "969, 30, 1"
 _DATA_FLAGS = ("--mock-data", "--data-path", "--train-data-path", "--data-args-path",
@@ -214,19 +219,34 @@ def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
             setattr(args, dest, value)
 
 
-def _apply_data_defaults(args, explicit: Set[str]) -> None:
+def _apply_data_defaults(args, explicit: Set[str], data_parallel_size: int) -> None:
     """No data flag: the embedded corpus and tokenizer, and training defaults for a first run.
     --mock-data without a tokenizer: Megatron's NullTokenizer over the model's vocabulary."""
     if not explicit & set(_DATA_FLAGS):
         for flag, (dest, value) in _DEMO_DEFAULTS.items():
-            if flag not in explicit and "--train-samples" not in explicit:
+            if flag not in explicit and not explicit & set(_DEMO_REPLACED_BY.get(flag, ())):
                 setattr(args, dest, value)
+        _fit_demo_defaults(args, explicit, data_parallel_size)
         args.data_path = [str(embedded_dataset_prefix())]
         args.tokenizer_type = args.tokenizer_type or "HuggingFaceTokenizer"
         args.tokenizer_model = args.tokenizer_model or str(EMBEDDED_DATA / "tokenizer")
         args.split = args.split or "98,2,0"
     elif args.mock_data and args.tokenizer_type is None:
         args.tokenizer_type = "NullTokenizer"
+
+
+def _fit_demo_defaults(args, explicit: Set[str], data_parallel_size: int) -> None:
+    """The demo's defaults yield to the values given with them where Megatron would assert: a
+    warmup shorter than the decay, a minimum learning rate under --lr, a global batch of whole
+    micro-batches on every data-parallel rank."""
+    decay = args.lr_decay_iters or args.train_iters
+    if "--lr-warmup-iters" not in explicit and decay:
+        args.lr_warmup_iters = max(0, min(args.lr_warmup_iters, decay - 1))
+    if "--lr" in explicit and "--min-lr" not in explicit:
+        args.min_lr = args.lr / 10
+    step = args.micro_batch_size * data_parallel_size
+    if "--global-batch-size" not in explicit and step > 0:
+        args.global_batch_size = -(-args.global_batch_size // step) * step
 
 
 def _check_data_paths(args) -> None:
@@ -236,6 +256,7 @@ def _check_data_paths(args) -> None:
         return
     divided = []  # (prefix, documents) of the --data-path datasets --split divides
     for flag in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+        check_blend(f"--{flag.replace('_', '-')}", getattr(args, flag, None) or [])
         for entry in getattr(args, flag, None) or []:
             try:
                 float(entry)  # blend weights stand between the paths
@@ -303,14 +324,18 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     _apply_shape(args, explicit, saved)
     _check_shape_values(args)
     _apply_cpu_defaults(args, explicit)
-    _apply_data_defaults(args, explicit)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    model_parallel = args.tsp_size * args.pipeline_model_parallel_size * args.context_parallel_size
+    # validate_tsp_config below refuses a world size these sizes do not divide
+    data_parallel_size = max(1, world_size // max(1, model_parallel))
+    _apply_data_defaults(args, explicit, data_parallel_size)
     check_split(args)
     _check_data_paths(args)
+    check_training(args, data_parallel_size)
     args.tensor_model_parallel_size = args.tsp_size
     # Megatron's default distributed-optimizer checkpoint reshards over data parallel only; TSP
     # users change --tsp-size with their cluster, so the state is saved fully reshardable
     args.dist_ckpt_optim_fully_reshardable = True
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate_tsp_config(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
                         args.tsp_size, seq_length=args.seq_length, world_size=world_size,
                         pipeline_size=args.pipeline_model_parallel_size)
