@@ -103,3 +103,13 @@ def checkpoint_weights(*checkpoints):
     """{parameter name: tensor} of each checkpoint, loaded at tsp 1 in one spawned process."""
     from tests.dist import run_distributed
     return run_distributed(_weights_of, 1, checkpoints)[0]
+
+
+def checkpoint_view(save_dir, iteration: int, view):
+    """A new directory `view` whose tracker names iteration `iteration` of save_dir (linked, not
+    copied): to load, or resume from, a checkpoint that is not the latest."""
+    view.mkdir()
+    name = f"iter_{iteration:07d}"
+    (view / name).symlink_to(save_dir / name)
+    (view / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+    return view

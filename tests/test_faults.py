@@ -12,23 +12,11 @@ import pytest
 import torch
 
 from megatron_tsp.spawn import free_port
-from tests.pretrain_runner import (MOCK_RUN, ROOT, _ITERATION, checkpoint_weights, lm_losses,
-                                  losses_of)
+from tests.pretrain_runner import (MOCK_RUN, ROOT, checkpoint_view, checkpoint_weights,
+                                  lm_losses, losses_of)
 
 pytestmark = pytest.mark.slow
 RUN = MOCK_RUN + ["--tsp-size", "2", "--seq-length", "128", "--train-iters", "30"]
-
-
-def test_two_runs_with_the_same_seed_are_bit_identical(tmp_path):
-    losses_a, losses_b = (
-        losses_of(2, MOCK_RUN + ["--tsp-size", "2", "--train-iters", "4", "--save",
-                                 tmp_path / name, "--save-interval", "4"], tmp_path / "cache")
-        for name in ("a", "b"))
-    weights_a, weights_b = checkpoint_weights(tmp_path / "a", tmp_path / "b")
-    assert losses_a == losses_b
-    assert weights_a.keys() == weights_b.keys()
-    for name, tensor in weights_a.items():
-        assert torch.equal(tensor, weights_b[name]), name
 
 
 def _worker_with_rank(launcher: psutil.Process, rank: str) -> psutil.Process:
@@ -55,23 +43,24 @@ def _running(processes):
 
 def test_a_killed_rank_stops_the_job_fast_leaves_no_process_and_a_restart_continues_exactly(
         tmp_path):
-    """Rank 1 gets a scheduler's SIGTERM after the save at iteration 10. Megatron's
+    """Rank 1 gets a scheduler's SIGTERM after the save at iteration 20. Megatron's
     checkpoint-writer Manager of that rank, and the resource tracker waiting on it, outlived
-    the job by 30 s and more (issue 11). The restart from iteration 10 must log the losses the
-    killed job logged for 11 and after."""
+    the job by 30 s and more (issue 11). A restart from iteration 10 logs the losses the killed
+    job logged for 11 and after, and saves at iteration 20 weights bit-identical to the killed
+    job's: the same seed and state give the same run, to the bit."""
     cache, checkpoint = tmp_path / "cache", tmp_path / "ckpt"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                "--master-port", str(free_port()), str(ROOT / "pretrain_qwen3.py"),
                *map(str, RUN + ["--save", checkpoint, "--save-interval", "10"])]
     log_path = tmp_path / "job.log"
+    tracker = checkpoint / "latest_checkpointed_iteration.txt"
     with open(log_path, "w") as log_file:  # a file, not a pipe: orphans cannot hold it open
         job = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
                                env=dict(os.environ, MEGATRON_TSP_CACHE=str(cache)))
     deadline = time.monotonic() + 300
-    while max((int(i) for i, _ in _ITERATION.findall(log_path.read_text())), default=0) < 16:
+    while not (tracker.is_file() and tracker.read_text().strip() == "20"):
         assert job.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-        time.sleep(0.05)
-    assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "10"
+        time.sleep(0.02)
     launcher = psutil.Process(job.pid)
     descendants = launcher.children(recursive=True)
     assert any("spawn_main" in " ".join(p.cmdline()) for p in descendants), "no writer started"
@@ -89,11 +78,18 @@ def test_a_killed_rank_stops_the_job_fast_leaves_no_process_and_a_restart_contin
     assert stopped_after < 60
     assert "rank      : 1" in log and "Signal 15 (SIGTERM)" in log, log[-3000:]
     logged = lm_losses(log)
-    assert 16 <= max(logged) < 30, "the job was not stopped"
-    resumed = losses_of(2, RUN + ["--load", checkpoint], cache)
+    assert 20 <= max(logged) < 30, "the job was not stopped"
+    again = tmp_path / "again"
+    resumed = losses_of(2, RUN + ["--load", checkpoint_view(checkpoint, 10, tmp_path / "at10"),
+                                  "--save", again, "--save-interval", "10"], cache)
     assert min(resumed) == 11 and max(resumed) == 30
     for i in range(11, max(logged) + 1):
         assert abs(resumed[i] - logged[i]) <= 1e-6 * logged[i], (i, resumed[i], logged[i])
+    killed_job, restarted = checkpoint_weights(checkpoint_view(checkpoint, 20, tmp_path / "at20"),
+                                               checkpoint_view(again, 20, tmp_path / "again20"))
+    assert killed_job.keys() == restarted.keys()
+    for name, tensor in killed_job.items():
+        assert torch.equal(tensor, restarted[name]), name
 
 
 def test_a_job_killed_mid_save_keeps_the_previous_checkpoint_and_resumes_exactly(tmp_path):

@@ -4,19 +4,10 @@ logged and counted, and enough of them in a row stop the job without touching th
 import pytest
 import torch
 
-from tests.pretrain_runner import MOCK_RUN, checkpoint_weights, run_pretrain
+from tests.pretrain_runner import MOCK_RUN, checkpoint_view, checkpoint_weights, run_pretrain
 
 pytestmark = pytest.mark.slow
 RUN = MOCK_RUN + ["--tsp-size", "2"]
-
-
-def _checkpoint_at(save_dir, iteration: int, view):
-    """A directory whose tracker names iteration `iteration` of save_dir."""
-    view.mkdir()
-    name = f"iter_{iteration:07d}"
-    (view / name).symlink_to(save_dir / name)
-    (view / "latest_checkpointed_iteration.txt").write_text(str(iteration))
-    return view
 
 
 def test_nonfinite_iterations_are_skipped_and_enough_in_a_row_stop_the_job(tmp_path):
@@ -37,8 +28,8 @@ def test_nonfinite_iterations_are_skipped_and_enough_in_a_row_stop_the_job(tmp_p
     assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
     assert sorted(p.name for p in checkpoint.glob("iter_*")) == [
         f"iter_{i:07d}" for i in range(1, 7)]
-    before, after = checkpoint_weights(_checkpoint_at(checkpoint, 2, tmp_path / "at2"),
-                                       _checkpoint_at(checkpoint, 3, tmp_path / "at3"))
+    before, after = checkpoint_weights(checkpoint_view(checkpoint, 2, tmp_path / "at2"),
+                                       checkpoint_view(checkpoint, 3, tmp_path / "at3"))
     assert before.keys() == after.keys()
     for name, tensor in before.items():
         assert torch.equal(tensor, after[name]), name
