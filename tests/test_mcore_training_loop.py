@@ -77,9 +77,10 @@ def assert_exact_resume(straight: dict, first: dict, resumed: dict) -> None:
 
 @pytest.fixture(scope="module")
 def data_parallel_run(tmp_path_factory):
-    """TP=1 x DP=2, uninterrupted, with TensorBoard: the reference of several tests."""
+    """TP=1 x DP=2 with the distributed optimizer, uninterrupted, with TensorBoard: the
+    reference of several tests."""
     tensorboard = tmp_path_factory.mktemp("tensorboard")
-    output = run_pretrain("--tensorboard-dir", str(tensorboard))
+    output = run_pretrain("--use-distributed-optimizer", "--tensorboard-dir", str(tensorboard))
     return output, tensorboard
 
 
@@ -111,9 +112,8 @@ def test_tensorboard_events_written(data_parallel_run):
     assert_close(scalars, train_losses(data_parallel_run[0]), rel=1e-6)
 
 
-def test_exact_resume_distributed_optimizer(tmp_path):
+def test_exact_resume_distributed_optimizer(data_parallel_run, tmp_path):
     # Catches megatron-core 0.19.2's torch-Adam step bugs (see compat/optimizer_resume.py):
     # without the fix the resumed Adam step restarts and advances by the number of parameters.
-    args = ("--use-distributed-optimizer",)
-    straight = train_losses(run_pretrain(*args))
-    assert_exact_resume(straight, *save_exit_and_resume(tmp_path, *args))
+    straight = train_losses(data_parallel_run[0])
+    assert_exact_resume(straight, *save_exit_and_resume(tmp_path, "--use-distributed-optimizer"))
