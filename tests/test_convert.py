@@ -7,6 +7,7 @@ unless told to replace it, and then nothing of the old one remains, or all of it
 conversion fails.
 """
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -159,25 +160,38 @@ def _stale_hf(directory: Path) -> Path:
     return directory
 
 
+def _convert_checkpoint_cli():
+    """tools/convert_checkpoint.py as a module, for checks that stop before any work."""
+    spec = importlib.util.spec_from_file_location("convert_checkpoint",
+                                                  ROOT / "tools" / "convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _files(directory: Path) -> dict:
     return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
             if p.is_file()}
 
 
-def test_a_non_empty_target_is_refused_before_any_work(hf_and_checkpoint, tmp_path):
+def test_a_non_empty_target_is_refused_before_any_work(hf_and_checkpoint, tmp_path,
+                                                       capsys):
     model, root = hf_and_checkpoint
     if model.config.tie_word_embeddings:
         pytest.skip("the refusal does not depend on the model")
     run, stale = _training_run(tmp_path / "run"), _stale_hf(tmp_path / "hf")
     before = _files(run), _files(stale)
+    cli = _convert_checkpoint_cli()  # in this process: the refusal precedes any import
     for argv, flag, target in (
             (["import-hf", "--hf-path", root / "hf", "--save", run], "--save", run),
             (["export-hf", "--load", root / "ckpt", "--hf-path", stale], "--hf-path", stale)):
-        result = convert(*argv, check=False)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert f"convert_checkpoint.py: error: {flag} {target}: not empty" in result.stderr
-        assert "--overwrite" in result.stderr
-        assert "importing" not in result.stdout and "exporting" not in result.stdout
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(list(map(str, argv)))
+        out, err = capsys.readouterr()
+        assert exit_.value.code == 2, err[-2000:]
+        assert f"convert_checkpoint.py: error: {flag} {target}: not empty" in err
+        assert "--overwrite" in err
+        assert "importing" not in out and "exporting" not in out
     assert (_files(run), _files(stale)) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
 
