@@ -91,11 +91,10 @@ def planner_layout(scheme: str, D: int) -> Layout:
 
 
 def predicted(scheme: str, cfg: Qwen3Config, D: int, S: int, b: int) -> dict:
-    """The planner's numbers for a run on this machine (fp32; CPU attention kernel on CPU)."""
+    """The planner's numbers for a run on this machine (fp32)."""
     layout = planner_layout(scheme, D)
-    attention = "flash" if torch.cuda.is_available() else "cpu-sdpa"
     transfers = transfer_bytes(layout, cfg, S, b, e=4)
-    return {"peak_bytes": memory_bytes(layout, cfg, S, b, e=4, attention=attention).total,
+    return {"peak_bytes": memory_bytes(layout, cfg, S, b, e=4).total,
             "sent_bytes": sum(s for s, _ in transfers.values()),
             "received_bytes": sum(r for _, r in transfers.values())}
 

@@ -9,10 +9,8 @@ transient being the most any of a few moments adds on top of the kept activation
 backward, an attention step recomputed, the end of backward with the vocabulary gradients).
 Calibrated on CPU fp32 runs, where the measured peaks are within 5%.
 
-`attention="flash"` is a GPU flash kernel (nothing of size S x S); `attention="cpu-sdpa"` is
-torch 2.13's CPU path, which materialises the lower-right causal mask of each non-square zigzag
-chunk (TSP, CP): 13 bytes per mask element while the call runs and 4 bytes (the fp32 additive
-mask) kept while autograd holds the call.
+Attention builds nothing of size S x S on any device: a flash kernel on GPU, and on CPU the
+mask-free zigzag chunks of layers/chunk_attention.py (TSP and the CP benchmark model alike).
 
 Legend: s tokens on the rank, b micro-batch, h hidden, nh/G query/kv heads, hd head dim, F FFN,
 L layers, V vocabulary (Vp padded), e bytes per activation element, t tensor-parallel size.
@@ -24,9 +22,6 @@ from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.planner_bytes import FP32, Layout, params_per_rank, vocab_rows
 
 INT64 = 8
-MASK_CALL_BYTES = 13  # per mask element while a CPU SDPA call with a materialised mask runs
-MASK_KEPT_BYTES = 4   # per mask element kept for backward (fp32 additive mask)
-ATTENTION_KERNELS = ("flash", "cpu-sdpa")
 
 
 @dataclass
@@ -115,7 +110,7 @@ def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> in
             + s * (2 * cfg.kv_channels * FP32 + FP32 + 2 * INT64))
 
 
-def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
+def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
     """The larger of two moments.
     Output layer backward, a visiting shard (its copy and the prefetched one, the fp32 input and
     input-gradient [s, h] alive throughout), at the larger of: its logits [s, Vp/D] being made,
@@ -126,7 +121,7 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attent
     Last layer's attention backward, one head-group step recomputed: about four copies of the
     step's keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
     gradient), four fp32 [s, h] gradient tensors, less the last layer's pre-MLP norm and the final
-    norm already freed; on CPU the materialised mask of rank 0's last chunk (c x S)."""
+    norm already freed."""
     s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
     shard = cfg.padded_vocab_size(D) // D
     logits_made = s * shard * (FP32 + e) + shard * h * FP32
@@ -134,34 +129,22 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attent
     vocab = max(logits_made, gradient_passed) + 2 * shard * h * e + 2 * s * h * FP32
     steps = min(cfg.num_query_groups, D)
     kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
-    mask = MASK_CALL_BYTES * (S // (2 * D)) * S if attention == "cpu-sdpa" else 0
-    attention_step = 4 * kv_step + 4 * s * h * FP32 - 2 * _tsp_norm_bytes(s, h, e) + mask
+    attention_step = 4 * kv_step + 4 * s * h * FP32 - 2 * _tsp_norm_bytes(s, h, e)
     return max(vocab, attention_step)
 
 
-def _mask_elements(S: int, D: int, rank: int) -> int:
-    """Elements of the materialised masks of one rank's zigzag chunks (a chunk of c queries
-    against (k + 1) c keys; a square chunk needs no mask)."""
-    c = S // (2 * D)
-    return sum(c * (k + 1) * c for k in (rank, 2 * D - 1 - rank) if k > 0)
-
-
-def cp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
+def cp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
     """What one context-parallel layer keeps (autograd, no recompute) on the S/D local tokens:
     as GPTModel's layer but with a 4F MLP and the output projection's input, plus the gathered
-    keys and values of the whole sequence (stacked for the kernel), the gather's int64 order
-    index and, on CPU, each chunk's fp32 mask (the rank with the most)."""
+    keys and values of the whole sequence (stacked for the kernel) and the gather's int64 order
+    index."""
     s, h, nh, G, hd, F = (S // D * b, cfg.hidden_size, cfg.num_attention_heads,
                           cfg.num_query_groups, cfg.kv_channels, cfg.ffn_hidden_size)
     # q: its norm's output, RoPE's rotated half and output (+ a copy); k: norm output, rotated half
     q_tensors = 3 + _q_copies(nh // G, G)
     per_token = ((nh + 2 * G) * hd + q_tensors * nh * hd + 2 * G * hd + 4 * F) * e \
         + (2 * nh + G) * FP32
-    masks = 0
-    if attention == "cpu-sdpa":
-        masks = MASK_KEPT_BYTES * max(_mask_elements(S, D, r) for r in range(D))
-    return (2 * _tsp_norm_bytes(s, h, e) + s * per_token + S * b * 2 * G * hd * e + S * INT64
-            + masks)
+    return 2 * _tsp_norm_bytes(s, h, e) + s * per_token + S * b * 2 * G * hd * e + S * INT64
 
 
 def cp_global_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
@@ -172,18 +155,9 @@ def cp_global_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
             + s * (cfg.vocab_size * FP32 + 2 * cfg.kv_channels * FP32 + 2 * INT64))
 
 
-def cp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int, attention: str) -> int:
-    """Start of backward: two fp32 [s, V] gradients of the log-softmax. On CPU the last layer's
-    attention in forward can be larger: the mask call on rank 0's last chunk (c x S) beyond its
-    kept fp32 mask, before the layer's MLP and the loss exist."""
-    s, F = S // D * b, cfg.ffn_hidden_size
-    backward_start = 2 * s * cfg.vocab_size * FP32
-    if attention != "cpu-sdpa":
-        return backward_start
-    not_yet = (s * (4 * F * e + cfg.vocab_size * FP32)
-               + 2 * _tsp_norm_bytes(s, cfg.hidden_size, e))
-    mask_call = (MASK_CALL_BYTES - MASK_KEPT_BYTES) * (S // (2 * D)) * S - not_yet
-    return max(backward_start, mask_call)
+def cp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int) -> int:
+    """Start of backward: two fp32 [s, V] gradients of the log-softmax."""
+    return 2 * S // D * b * cfg.vocab_size * FP32
 
 
 def table_gradient_bytes(cfg: Qwen3Config, rows: int) -> int:
@@ -194,29 +168,26 @@ def table_gradient_bytes(cfg: Qwen3Config, rows: int) -> int:
 
 
 def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
-                 distributed_optimizer: bool = False, attention: str = "flash",
-                 recompute: bool = False) -> MemoryEstimate:
+                 distributed_optimizer: bool = False, recompute: bool = False) -> MemoryEstimate:
     """Peak bytes per rank of one training step of `layout` (the rank with the most).
 
     `recompute` (Megatron's full activation recompute, one layer per checkpoint; planner only,
     not benchmarked) applies to every layout but TSP, which recomputes attention and MLP by
     construction: each layer then keeps only its input, and the layer being recomputed holds
     its full activations for a moment (added to the transient)."""
-    if attention not in ATTENTION_KERNELS:
-        raise ValueError(f"unknown attention kernel {attention!r}; choose {ATTENTION_KERNELS}")
     params, grads, optimizer = model_state_bytes(params_per_rank(cfg, layout), e, layout.dp,
                                                  distributed_optimizer)
     L, t, C, h = cfg.num_layers, layout.tp, layout.cp, cfg.hidden_size
     rows = vocab_rows(cfg, layout) // t
     if layout.scheme == "tsp":
         act = tsp_activation_bytes(cfg, S, b, t, e)
-        transient = max(tsp_transient_bytes(cfg, S, b, t, e, attention),
+        transient = max(tsp_transient_bytes(cfg, S, b, t, e),
                         table_gradient_bytes(cfg, rows) - act)
         return MemoryEstimate(params, grads, optimizer, act, transient)
     if layout.scheme == "cp":
-        layer = cp_layer_bytes(cfg, S, b, C, e, attention)
+        layer = cp_layer_bytes(cfg, S, b, C, e)
         glob = cp_global_bytes(cfg, S, b, C, e)
-        transient = cp_transient_bytes(cfg, S, b, C, e, attention)
+        transient = cp_transient_bytes(cfg, S, b, C)
         layer_input = S // C * b * h * e
     else:  # single, tp, tp-sp; tp-cp is Megatron on the S / cp local tokens
         sp = layout.scheme in ("tp-sp", "tp-cp") and t > 1

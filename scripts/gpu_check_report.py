@@ -123,11 +123,11 @@ def throughput(text: str):
 
 def planner_prediction_bytes(cfg, seq_length: int, micro_batch_size: int = 1, tsp_size: int = 1,
                              distributed_optimizer: bool = False) -> int:
-    """The planner's peak bytes per rank (bf16, flash attention) for this run."""
+    """The planner's peak bytes per rank (bf16) for this run."""
     from megatron_tsp.planner_bytes import Layout
     from megatron_tsp.planner_memory import memory_bytes
     return memory_bytes(Layout("tsp", tp=tsp_size), cfg, seq_length, micro_batch_size, 2,
-                        distributed_optimizer=distributed_optimizer, attention="flash").total
+                        distributed_optimizer=distributed_optimizer).total
 
 
 def cmd_throughput(args) -> int:

@@ -61,7 +61,7 @@ def use_gpu_attention_kernels() -> None:
     import torch.nn.functional as F
     from torch.nn.attention import bias
 
-    import megatron_tsp.layers.attention as attention
+    import megatron_tsp.layers.chunk_attention as chunk_attention
 
     real_sdpa, real_causal_lower_right = F.scaled_dot_product_attention, bias.causal_lower_right
 
@@ -84,7 +84,7 @@ def use_gpu_attention_kernels() -> None:
             return real_causal_lower_right(*lengths)
 
     F.scaled_dot_product_attention = scaled_dot_product_attention
-    attention.causal_lower_right = causal_lower_right
+    chunk_attention.causal_lower_right = causal_lower_right
     bias.can_use_flash_attention = lambda params, debug=False: flash_eligible(params.query)
 
 

@@ -56,8 +56,7 @@ def test_counted_bytes_equal_the_formulas(measured, run_id, scheme, cfg, D):
 def test_peak_memory_within_ten_percent(measured, run_id, scheme, cfg, D):
     for i, S in enumerate(LENGTHS):
         peak = max(r["lengths"][i]["memory"]["peak_bytes"] for r in measured[run_id])
-        predicted = memory_bytes(planner_layout(scheme, D), cfg, S, BATCH, FP32,
-                                 attention="cpu-sdpa").total
+        predicted = memory_bytes(planner_layout(scheme, D), cfg, S, BATCH, FP32).total
         assert abs(predicted / peak - 1) < 0.10, (scheme, D, S, predicted, peak)
 
 

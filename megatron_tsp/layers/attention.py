@@ -17,14 +17,14 @@ reduces the weight-gradient partials onto the owners.
 """
 
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import ShardBroadcast
+from megatron_tsp.layers.chunk_attention import causal_chunk_attention
 from megatron_tsp.layers.linear import TSPLinear
 from megatron_tsp.layers.norm import RMSNorm, rms_norm
 from megatron_tsp.layers.rotary import apply_rotary
@@ -57,24 +57,25 @@ class AttentionShape:
         return self.heads // self.groups
 
 
-def zigzag_causal_attention(q: torch.Tensor, k_full: torch.Tensor, v_full: torch.Tensor
-                            ) -> torch.Tensor:
-    """q [s, b, hs, hd] of the local zigzag chunks; k/v_full [S, b, gs, hd] in sequence order.
+def zigzag_causal_attention(q: torch.Tensor, k_full: torch.Tensor, v_full: torch.Tensor,
+                            chunks: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """q [s, b, hs, hd] of the local zigzag chunks (global indices `chunks`, by default this
+    rank's); k/v_full [S, b, gs, hd] in sequence order.
 
-    Each local chunk attends to keys up to its own end (lower-right causal: torch's CausalBias
-    dispatches to flash / memory-efficient kernels on GPU and materialises the mask on CPU). GQA
-    is left to SDPA (enable_gqa), so kv heads are never repeated. Returns [s, b, hs * hd].
+    Each local chunk attends to keys up to its own end, with no mask built on any device
+    (layers/chunk_attention.py). GQA is left to the kernels, so kv heads are never repeated.
+    Returns [s, b, hs * hd].
     """
     s, b, hs, hd = q.shape
     c = s // 2
+    if chunks is None:
+        chunks = local_chunks(ps.get_tsp_rank(), ps.get_tsp_world_size())
     kv = torch.stack([k_full, v_full]).permute(0, 2, 3, 1, 4)  # [2, b, gs, S, hd]
     outputs = []
-    for i, chunk in enumerate(local_chunks(ps.get_tsp_rank(), ps.get_tsp_world_size())):
+    for i, chunk in enumerate(chunks):
         kv_len = (chunk + 1) * c
         q_i = q[i * c:(i + 1) * c].permute(1, 2, 0, 3)  # [b, hs, c, hd]
-        o = F.scaled_dot_product_attention(q_i, kv[0, :, :, :kv_len], kv[1, :, :, :kv_len],
-                                           attn_mask=causal_lower_right(c, kv_len),
-                                           enable_gqa=True)
+        o = causal_chunk_attention(q_i, kv[0, :, :, :kv_len], kv[1, :, :, :kv_len])
         outputs.append(o.permute(2, 0, 1, 3))
     return torch.cat(outputs).reshape(s, b, hs * hd)
 
