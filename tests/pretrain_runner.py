@@ -2,6 +2,7 @@
 log), plain Megatron's loop on GPTModel (tests/mcore_pretrain_gpt.py) and
 tools/convert_checkpoint.py."""
 
+import importlib.util
 import os
 import re
 import signal
@@ -113,3 +114,13 @@ def checkpoint_view(save_dir, iteration: int, view):
     (view / name).symlink_to(save_dir / name)
     (view / "latest_checkpointed_iteration.txt").write_text(str(iteration))
     return view
+
+
+def script_module(relative_path: str):
+    """A script of the project (e.g. tools/convert_checkpoint.py) imported as a module, to call
+    its functions in the test process."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,7 +7,6 @@ unless told to replace it, and then nothing of the old one remains, or all of it
 conversion fails.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from safetensors.torch import load_file
 
 from megatron_tsp import parallel_state as ps
 from tests.dist import run_distributed
-from tests.pretrain_runner import convert
+from tests.pretrain_runner import convert, script_module
 from tests.hf_models import hf_checkpoint_dict, hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,8 +131,7 @@ def test_the_cli_reports_a_truncated_shard_and_writes_nothing(hf_and_checkpoint,
 
 def test_loading_a_checkpoint_of_another_shape_names_both_values(hf_and_checkpoint,
                                                                  monkeypatch):
-    from tests.test_pretrain_args import _parse
-    from megatron_tsp.training.arguments import prepare_args
+    from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
     _, root = hf_and_checkpoint
     monkeypatch.setenv("WORLD_SIZE", "1")
     argv = ["--mock-data", "--num-layers", "3", "--hidden-size", "64", "--num-attention-heads",
@@ -141,7 +139,7 @@ def test_loading_a_checkpoint_of_another_shape_names_both_values(hf_and_checkpoi
             "--load", str(root / "ckpt")]
     with pytest.raises(ValueError, match=r"--num-layers: the checkpoint .* has 2, the arguments "
                                          r"give 3"):
-        prepare_args(_parse(argv), argv)
+        prepare_args(parse_tsp_args(argv), argv)
 
 
 def _training_run(directory: Path) -> Path:
@@ -160,15 +158,6 @@ def _stale_hf(directory: Path) -> Path:
     return directory
 
 
-def _convert_checkpoint_cli():
-    """tools/convert_checkpoint.py as a module, for checks that stop before any work."""
-    spec = importlib.util.spec_from_file_location("convert_checkpoint",
-                                                  ROOT / "tools" / "convert_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _files(directory: Path) -> dict:
     return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
             if p.is_file()}
@@ -181,7 +170,7 @@ def test_a_non_empty_target_is_refused_before_any_work(hf_and_checkpoint, tmp_pa
         pytest.skip("the refusal does not depend on the model")
     run, stale = _training_run(tmp_path / "run"), _stale_hf(tmp_path / "hf")
     before = _files(run), _files(stale)
-    cli = _convert_checkpoint_cli()  # in this process: the refusal precedes any import
+    cli = script_module("tools/convert_checkpoint.py")  # the refusal precedes any work
     for argv, flag, target in (
             (["import-hf", "--hf-path", root / "hf", "--save", run], "--save", run),
             (["export-hf", "--load", root / "ckpt", "--hf-path", stale], "--hf-path", stale)):

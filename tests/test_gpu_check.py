@@ -1,7 +1,6 @@
 """scripts/gpu_check.sh without a GPU: its helper's arithmetic on a canned log (tokens/s, MFU, the
 planner's memory prediction), the loss check, and a clear refusal when there is no CUDA device."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,16 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.pretrain_runner import script_module
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 
 def _report():
-    spec = importlib.util.spec_from_file_location("gpu_check_report",
-                                                  ROOT / "scripts" / "gpu_check_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("scripts/gpu_check_report.py")
 
 
 def _iteration(i, loss, ms=400.0):

@@ -3,25 +3,18 @@ resume idiom --save X --load X before X exists, an existing empty --load directo
 whose missing parents Megatron creates. The refusals are in tests/test_launch_errors.py."""
 
 import os
-import sys
 
 import pytest
 
-from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args
+from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
 
 MOCK = ["--mock-data", "--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3",
         "--save-interval", "1"]
 
 
 def _prepared(argv):
-    from megatron.training.arguments import parse_args
     argv = list(map(str, argv))
-    saved = sys.argv
-    sys.argv = ["pretrain_qwen3.py", *argv]
-    try:
-        args = parse_args(add_tsp_arguments)
-    finally:
-        sys.argv = saved
+    args = parse_tsp_args(argv)
     prepare_args(args, argv)
     return args
 

@@ -1,6 +1,5 @@
 """Bad launch input: every case exits non-zero within seconds, names the flag, writes nothing."""
 
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -197,15 +196,10 @@ def _scheduler_of(argv):
     """Megatron's learning-rate scheduler for a command line, built as `pretrain` builds it once
     the process groups exist (where its asserts used to fire)."""
     from megatron.training import global_vars, training
-    from megatron.training.arguments import parse_args, validate_args
+    from megatron.training.arguments import validate_args
 
-    from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args
-    saved = sys.argv
-    sys.argv = ["pretrain_qwen3.py", *argv]
-    try:
-        args = parse_args(add_tsp_arguments)
-    finally:
-        sys.argv = saved
+    from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
+    args = parse_tsp_args(argv)
     prepare_args(args, argv)
     validate_args(args, {})
     global_vars.set_args(args)

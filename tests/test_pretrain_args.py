@@ -11,23 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args
+from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _parse(argv):
-    from megatron.training.arguments import parse_args
-    saved = sys.argv
-    sys.argv = ["pretrain_qwen3.py", *argv]
-    try:
-        return parse_args(add_tsp_arguments)
-    finally:
-        sys.argv = saved
-
-
 def _prepared(argv):
-    args = _parse(argv)
+    args = parse_tsp_args(argv)
     prepare_args(args, argv)
     return args
 

@@ -10,7 +10,6 @@ told to replace it whole (output_dir.py).
 """
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -43,9 +42,9 @@ def _log(message: str) -> None:
 
 def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save: str):
     """Megatron's global args for a model of this shape (save_checkpoint reads them)."""
-    from megatron.training.arguments import parse_args, validate_args
+    from megatron.training.arguments import validate_args
     from megatron.training.global_vars import set_global_variables
-    from megatron_tsp.training.arguments import add_tsp_arguments, prepare_args
+    from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
     argv = ["--num-layers", config.num_layers, "--hidden-size", config.hidden_size,
             "--num-attention-heads", config.num_attention_heads,
             "--num-query-groups", config.num_query_groups, "--kv-channels", config.kv_channels,
@@ -61,11 +60,7 @@ def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save:
     if dtype != torch.float32:
         argv.append("--bf16" if dtype == torch.bfloat16 else "--fp16")
     argv = [str(a) for a in argv]
-    saved, sys.argv = sys.argv, ["convert_checkpoint.py", *argv]
-    try:
-        args = parse_args(add_tsp_arguments)
-    finally:
-        sys.argv = saved
+    args = parse_tsp_args(argv, "convert_checkpoint.py")
     prepare_args(args, argv)
     validate_args(args, {})
     set_global_variables(args, build_tokenizer=False)

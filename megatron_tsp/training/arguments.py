@@ -9,6 +9,7 @@ message naming the flag.
 """
 
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, Set
 
@@ -104,6 +105,16 @@ def add_tsp_arguments(parser):
                        metavar="ITERATION",
                        help="testing aid: the last rank's loss is NaN at these iterations")
     return parser
+
+
+def parse_tsp_args(argv: Iterable[str], program: str = "pretrain_qwen3.py"):
+    """Megatron's parse_args with the TSP flags, over `argv` rather than the sys.argv it reads."""
+    from megatron.training.arguments import parse_args
+    saved, sys.argv = sys.argv, [program, *map(str, argv)]
+    try:
+        return parse_args(add_tsp_arguments)
+    finally:
+        sys.argv = saved
 
 
 def explicit_flags(argv: Iterable[str]) -> Set[str]:
