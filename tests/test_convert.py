@@ -2,9 +2,10 @@
 
 A random transformers Qwen3 (GQA, head_dim != hidden / heads; tied and untied) goes through the
 real CLI; the exported tensors are bit-identical, and the imported checkpoint gives the loss
-transformers gives at --tsp-size 1, 2 and 4. Neither direction writes into a non-empty directory
-unless told to replace it, and then nothing of the old one remains, or all of it if the
-conversion fails.
+transformers gives at --tsp-size 1, 2 and 4. Without --dtype both directions keep the source's
+dtype, so the round trip is lossless in fp32 and in bf16. Neither direction writes into a
+non-empty directory unless told to replace it, and then nothing of the old one remains, or all
+of it if the conversion fails.
 """
 
 import json
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from megatron_tsp import parallel_state as ps
+from megatron_tsp.conversion.convert import DTYPES
 from tests.dist import run_distributed
 from tests.pretrain_runner import convert, script_module
 from tests.hf_models import hf_checkpoint_dict, hf_model
@@ -37,25 +39,70 @@ def hf_and_checkpoint(request, tmp_path_factory):
     return model, root
 
 
+def _assert_exported(directory: Path, model) -> None:
+    """The export in `directory` holds exactly the model's tensors, bit for bit and dtype."""
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    exported = {}
+    for file in set(index["weight_map"].values()):
+        exported.update(load_file(directory / file))
+    expected = hf_checkpoint_dict(model)
+    assert exported.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(exported[name], tensor), (name, exported[name].dtype, tensor.dtype)
+
+
+def _lines(output: str, start: str) -> list:
+    return [line for line in output.splitlines() if line.startswith(start)]
+
+
 def test_import_then_export_is_bit_identical(hf_and_checkpoint):
     model, root = hf_and_checkpoint
     result = convert("export-hf", "--load", root / "ckpt", "--hf-path", root / "out", "--dtype",
                      "fp32", "--verify")
     line = next(l for l in result.stdout.splitlines() if l.startswith("verify:"))
     assert float(line.rsplit(" ", 1)[1]) < 1e-4, line
-    index = json.loads((root / "out" / "model.safetensors.index.json").read_text())
-    exported = {}
-    for file in set(index["weight_map"].values()):
-        exported.update(load_file(root / "out" / file))
-    expected = hf_checkpoint_dict(model)
-    assert exported.keys() == expected.keys()
-    for name, tensor in expected.items():
-        assert torch.equal(exported[name], tensor), name
+    _assert_exported(root / "out", model)
     assert (root / "out" / "tokenizer.json").is_file()
     from transformers import AutoModelForCausalLM
     reloaded = AutoModelForCausalLM.from_pretrained(root / "out", dtype=torch.float32)
     assert reloaded.config.head_dim == model.config.head_dim
     assert reloaded.config.tie_word_embeddings == model.config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("dtype, hf_name", [("fp32", "float32"), ("bf16", "bfloat16")])
+def test_without_dtype_the_round_trip_keeps_the_source_dtype(tmp_path, dtype, hf_name):
+    model = hf_model(tie=False).to(DTYPES[dtype])
+    model.save_pretrained(tmp_path / "hf")
+    imported = convert("import-hf", "--hf-path", tmp_path / "hf", "--save", tmp_path / "ckpt")
+    exported = convert("export-hf", "--load", tmp_path / "ckpt", "--hf-path", tmp_path / "out")
+    assert _lines(imported.stdout, "importing") == [
+        f"importing {tmp_path / 'hf'} (Qwen3, 2 layers, hidden 64) at --tsp-size 1 as {dtype} "
+        "(the source's dtype)"]
+    assert _lines(exported.stdout, "exporting") == [
+        f"exporting {tmp_path / 'ckpt'} as {dtype} (the checkpoint's dtype)"]
+    _assert_exported(tmp_path / "out", model)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == hf_name
+
+
+def test_a_source_whose_config_and_tensors_disagree_needs_dtype(tmp_path, capsys):
+    """config.json says bfloat16 and the tensors are fp32: either choice would lose something
+    (precision, or the dtype the model is meant to run in), so it is the user's."""
+    from megatron_tsp.checkpoint import checkpoint_args
+    hf_model(tie=False).save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(config, dtype="bfloat16")))
+    cli = script_module("tools/convert_checkpoint.py")  # the refusal precedes any work
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["import-hf", "--hf-path", str(tmp_path / "hf"), "--save", str(tmp_path / "no")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-2000:]
+    assert (f"error: {tmp_path / 'hf' / 'model.safetensors'}: F32 tensors, but "
+            f"{tmp_path / 'hf' / 'config.json'} has torch.bfloat16; --dtype chooses") in err
+    assert not (tmp_path / "no").exists()
+    imported = convert("import-hf", "--hf-path", tmp_path / "hf", "--save", tmp_path / "ckpt",
+                       "--dtype", "fp16")
+    assert _lines(imported.stdout, "importing")[0].endswith(" as fp16 (--dtype)")
+    assert checkpoint_args(str(tmp_path / "ckpt")).fp16
 
 
 def _loss_from_checkpoint(tsp_size, checkpoint, tokens, labels):

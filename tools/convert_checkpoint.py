@@ -34,8 +34,9 @@ def main(argv=None):
     to_hf.add_argument("--hf-path", required=True, help="output Hugging Face directory")
     to_hf.add_argument("--max-shard-size-gb", type=float, default=5.0)
     for command in (to_megatron, to_hf):
-        command.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
-                             help="dtype of the written weights")
+        command.add_argument("--dtype", choices=sorted(DTYPES),
+                             help="dtype of the written weights (default: the source's, so "
+                                  "that the conversion is lossless)")
         command.add_argument("--verify", action="store_true",
                              help="compare logits of both sides on random sequences")
         command.add_argument("--overwrite", action="store_true",

@@ -6,18 +6,19 @@ import-hf writes a *release* checkpoint through Megatron's own save_checkpoint, 
 export-hf reads a checkpoint (any iteration, saved at any size) at D = 1 and writes sharded
 safetensors that transformers loads offline. Peak memory is one copy of the model plus one
 tensor (import) or one output shard (export). Neither writes into a non-empty directory unless
-told to replace it whole (output_dir.py).
+told to replace it whole (output_dir.py). Without a dtype, both write the weights in the dtype
+they are in, so that a round trip is lossless.
 """
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.conversion.hf_io import (
-    HFCheckpointReader, copy_tokenizer_files, read_hf_config, write_hf_checkpoint)
+    CONFIG_DTYPES, HFCheckpointReader, copy_tokenizer_files, read_hf_config, write_hf_checkpoint)
 from megatron_tsp.conversion.hf_qwen3 import (
     hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf)
 from megatron_tsp.conversion.output_dir import output_directory
@@ -32,12 +33,31 @@ _MERGED_IMPORT = ("import-hf would point its latest_checkpointed_iteration.txt a
                   "the next --load would start from the imported weights at iteration 0")
 _MERGED_EXPORT = ("export-hf would replace config.json and leave in place the files the new "
                   "export does not write, stale shards among them")
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+_FLAGS = {torch_dtype: flag for flag, torch_dtype in DTYPES.items()}
+_HF_NAMES = {torch_dtype: name for name, torch_dtype in CONFIG_DTYPES.items()}
 
 
 def _log(message: str) -> None:
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         print(message, flush=True)
+
+
+def _chosen_dtype(dtype: Optional[str], source_dtype: Callable[[], torch.dtype],
+                  source: str) -> Tuple[torch.dtype, str]:
+    """The dtype to write (--dtype, else the source's: `source_dtype()`) and how the log names
+    it."""
+    if dtype is not None:
+        return DTYPES[dtype], f"{dtype} (--dtype)"
+    try:
+        torch_dtype = source_dtype()
+    except ValueError as error:
+        raise ValueError(f"{error}; --dtype chooses the dtype to write") from None
+    return torch_dtype, f"{_FLAGS[torch_dtype]} ({source})"
+
+
+def checkpoint_dtype(args) -> torch.dtype:
+    """The dtype of a checkpoint's parameters, from the Megatron args it was saved with."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
 def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save: str):
@@ -68,21 +88,22 @@ def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save:
     return args
 
 
-def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: str = "bf16",
+def import_hf(hf_path: str, save: str, tsp_size: int = 1, dtype: Optional[str] = None,
               verify: bool = False, overwrite: bool = False) -> None:
     with output_directory(save, "--save", overwrite, _MERGED_IMPORT,
                           [("--hf-path", hf_path)]) as written:
-        _import(hf_path, written, tsp_size, DTYPES[dtype])
+        _import(hf_path, written, tsp_size, dtype)
     torch.distributed.barrier()  # rank 0 has put the checkpoint in place before any rank reads it
     _log(f"saved a release checkpoint in {save}: pretrain_qwen3.py --load {save}")
     if verify:
         report_logit_difference(load_model(save), hf_path)
 
 
-def _import(hf_path: str, save: Path, tsp_size: int, torch_dtype: torch.dtype) -> None:
+def _import(hf_path: str, save: Path, tsp_size: int, dtype: Optional[str]) -> None:
     from megatron.training.checkpointing import save_checkpoint
     config = qwen3_config_from_hf(read_hf_config(hf_path), str(Path(hf_path) / "config.json"))
     reader = HFCheckpointReader(hf_path)
+    torch_dtype, described = _chosen_dtype(dtype, reader.dtype, "the source's dtype")
     _megatron_args(config, tsp_size, torch_dtype, str(save))
     ps.initialize_tsp(tsp_size)
     model = TSPQwen3Model(config, dtype=torch_dtype)
@@ -94,7 +115,7 @@ def _import(hf_path: str, save: Path, tsp_size: int, torch_dtype: torch.dtype) -
             yield name, tensor.to(torch_dtype)
 
     _log(f"importing {hf_path} (Qwen3, {config.num_layers} layers, hidden "
-         f"{config.hidden_size}) at --tsp-size {tsp_size}")
+         f"{config.hidden_size}) at --tsp-size {tsp_size} as {described}")
     load_full_tensors(model, tensors())
     save_checkpoint(0, [model], None, None, 0, release=True)
     if torch.distributed.get_rank() == 0:
@@ -110,13 +131,12 @@ def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
     config = qwen3_config_from_args(args, getattr(args, "tsp_vocab_size", args.padded_vocab_size))
     if not torch.distributed.is_initialized():
         ps.initialize_tsp(tsp_size or 1)
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    model = TSPQwen3Model(config, dtype=dtype)
+    model = TSPQwen3Model(config, dtype=checkpoint_dtype(args))
     load_model_weights(model, str(checkpoint_dir(load)))
     return model
 
 
-def export_hf(load: str, hf_path: str, dtype: str = "bf16", verify: bool = False,
+def export_hf(load: str, hf_path: str, dtype: Optional[str] = None, verify: bool = False,
               max_shard_bytes: int = 5 * 2 ** 30, overwrite: bool = False) -> None:
     with output_directory(hf_path, "--hf-path", overwrite, _MERGED_EXPORT,
                           [("--load", load)]) as written:
@@ -126,9 +146,11 @@ def export_hf(load: str, hf_path: str, dtype: str = "bf16", verify: bool = False
         report_logit_difference(model, hf_path)
 
 
-def _export(load: str, hf_path: str, dtype: str, max_shard_bytes: int) -> TSPQwen3Model:
-    model = load_model(load)
-    config, torch_dtype = model.qwen3_config, DTYPES[dtype]
+def _export(load: str, hf_path: str, dtype: Optional[str], max_shard_bytes: int) -> TSPQwen3Model:
+    model, args = load_model(load), checkpoint_args(load)
+    config = model.qwen3_config
+    torch_dtype, described = _chosen_dtype(dtype, lambda: checkpoint_dtype(args),
+                                           "the checkpoint's dtype")
     params = dict(model.named_parameters())
     total = len(params) - (1 if "output_layer.weight" in params else 0)
 
@@ -140,9 +162,9 @@ def _export(load: str, hf_path: str, dtype: str, max_shard_bytes: int) -> TSPQwe
 
     tokenizer = Path(load) / "tokenizer"
     if not tokenizer.is_dir():
-        tokenizer = Path(checkpoint_args(load).tokenizer_model or "")
-    _log(f"exporting {load} ({dtype})")
-    write_hf_checkpoint(hf_path, hf_config_from_qwen3(config, _DTYPE_NAMES[torch_dtype]),
+        tokenizer = Path(args.tokenizer_model or "")
+    _log(f"exporting {load} as {described}")
+    write_hf_checkpoint(hf_path, hf_config_from_qwen3(config, _HF_NAMES[torch_dtype]),
                         tensors(), max_shard_bytes,
                         tokenizer if tokenizer.is_dir() else None)
     return model

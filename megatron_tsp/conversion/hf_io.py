@@ -3,7 +3,8 @@
 A directory holds config.json and either model.safetensors or model-0000K-of-0000N.safetensors
 with model.safetensors.index.json (`weight_map`: tensor name -> file). Files are checked before
 any tensor is read: a missing shard or one shorter than its header promises is reported by name.
-safetensors never executes code from a file.
+safetensors never executes code from a file. The dtype the weights are in is read from
+config.json and from the safetensors headers, not from the tensors.
 """
 
 import json
@@ -22,6 +23,10 @@ SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "generation_config.json")
+# the dtypes weights are converted in without loss (as config.json and safetensors headers name
+# them): the ones Megatron trains in
+CONFIG_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_HEADER_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 def _read_json(path: Path) -> dict:
@@ -33,8 +38,9 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
-def check_safetensors_file(path: Path) -> None:
-    """Raise ValueError naming the file if it is missing, truncated or has a corrupt header."""
+def check_safetensors_file(path: Path) -> dict:
+    """The file's header; ValueError naming the file if it is missing, truncated or has a corrupt
+    header."""
     if not path.is_file():
         raise ValueError(f"{path}: missing shard")
     size = path.stat().st_size
@@ -54,6 +60,7 @@ def check_safetensors_file(path: Path) -> None:
     if 8 + header_size + data_end > size:
         raise ValueError(f"{path}: truncated ({size} bytes, header promises "
                          f"{8 + header_size + data_end})")
+    return header
 
 
 def read_hf_config(directory: str) -> dict:
@@ -78,8 +85,44 @@ class HFCheckpointReader:
                 self.weight_map = {name: SINGLE for name in f.keys()}
         else:
             raise ValueError(f"--hf-path {directory}: neither {SINGLE} nor {INDEX}")
-        for file in sorted(set(self.weight_map.values())):
-            check_safetensors_file(self.directory / file)
+        self._header_dtypes = {
+            file: sorted({entry["dtype"] for name, entry in
+                          check_safetensors_file(self.directory / file).items()
+                          if name != "__metadata__"})
+            for file in sorted(set(self.weight_map.values()))}
+
+    def dtype(self) -> torch.dtype:
+        """The one dtype of the floating-point weights: config.json's (`torch_dtype` in
+        transformers 4.x, `dtype` in 5.x), else the tensors'. Weights in another dtype than that
+        (or than each other) are refused, naming the file: any single dtype chosen for them would
+        round some, so the choice is left to the caller."""
+        config_path = self.directory / CONFIG
+        declared = {self.config[key] for key in ("torch_dtype", "dtype")
+                    if self.config.get(key) is not None}
+        if len(declared) > 1:
+            raise ValueError(f"{config_path}: torch_dtype and dtype disagree: {sorted(declared)}")
+        dtype, origin = None, config_path
+        if declared:
+            name = declared.pop()
+            if name not in CONFIG_DTYPES:
+                raise ValueError(f"{config_path}: dtype {name!r} is none of {list(CONFIG_DTYPES)}")
+            dtype = CONFIG_DTYPES[name]
+        for file, codes in self._header_dtypes.items():
+            for code in codes:
+                if not code.startswith(("F", "BF")):  # integer or boolean buffers, not weights
+                    continue
+                if code not in _HEADER_DTYPES:
+                    raise ValueError(f"{self.directory / file}: {code} tensors; only "
+                                     f"{list(_HEADER_DTYPES)} are converted as they are")
+                if dtype is None:
+                    dtype, origin = _HEADER_DTYPES[code], self.directory / file
+                elif _HEADER_DTYPES[code] != dtype:
+                    raise ValueError(f"{self.directory / file}: {code} tensors, but {origin} "
+                                     f"has {dtype}")
+        if dtype is None:
+            raise ValueError(f"{self.directory}: no dtype in {CONFIG} and no floating-point "
+                             "tensors")
+        return dtype
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self.weight_map:
