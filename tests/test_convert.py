@@ -9,6 +9,7 @@ of it if the conversion fails.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,10 @@ def test_without_dtype_the_round_trip_keeps_the_source_dtype(tmp_path, dtype, hf
         f"exporting {tmp_path / 'ckpt'} as {dtype} (the checkpoint's dtype)"]
     _assert_exported(tmp_path / "out", model)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == hf_name
+    # the progress counts reach their totals: 2 layers of 8 tensors (Megatron) or 11 (HF), plus
+    # the embedding, final norm and output layer
+    assert re.findall(r"^  \[(\d+/\d+)\] ", imported.stdout, re.M)[-1] == "19/19"
+    assert re.findall(r"^  \[(\d+/\d+)\] ", exported.stdout, re.M)[-1] == "25/25"
 
 
 def test_a_source_whose_config_and_tensors_disagree_needs_dtype(tmp_path, capsys):

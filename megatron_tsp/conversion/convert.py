@@ -20,7 +20,7 @@ from megatron_tsp import parallel_state as ps
 from megatron_tsp.conversion.hf_io import (
     CONFIG_DTYPES, HFCheckpointReader, copy_tokenizer_files, read_hf_config, write_hf_checkpoint)
 from megatron_tsp.conversion.hf_qwen3 import (
-    hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf)
+    hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf, tensor_count)
 from megatron_tsp.conversion.output_dir import output_directory
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.models.full_weights import load_full_tensors
@@ -107,7 +107,7 @@ def _import(hf_path: str, save: Path, tsp_size: int, dtype: Optional[str]) -> No
     _megatron_args(config, tsp_size, torch_dtype, str(save))
     ps.initialize_tsp(tsp_size)
     model = TSPQwen3Model(config, dtype=torch_dtype)
-    total = 3 + 8 * config.num_layers + (0 if config.tie_word_embeddings else 1)
+    total = tensor_count(config, hf=False)
 
     def tensors():
         for count, (name, tensor) in enumerate(hf_to_megatron(reader.get, config), 1):
@@ -151,13 +151,12 @@ def _export(load: str, hf_path: str, dtype: Optional[str], max_shard_bytes: int)
     config = model.qwen3_config
     torch_dtype, described = _chosen_dtype(dtype, lambda: checkpoint_dtype(args),
                                            "the checkpoint's dtype")
-    params = dict(model.named_parameters())
-    total = len(params) - (1 if "output_layer.weight" in params else 0)
+    params, total = dict(model.named_parameters()), tensor_count(config, hf=True)
 
     def tensors():
         for count, (name, tensor) in enumerate(
                 megatron_to_hf(lambda n: params[n].detach(), config), 1):
-            _log(f"  [{count}/{total + (0 if config.tie_word_embeddings else 1)}] {name}")
+            _log(f"  [{count}/{total}] {name}")
             yield name, tensor.to(torch_dtype)
 
     tokenizer = Path(load) / "tokenizer"

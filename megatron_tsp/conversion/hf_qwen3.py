@@ -171,6 +171,13 @@ def _unpadded_vocab(t: Tensor, config: Qwen3Config, name: str) -> Tensor:
     return t[:config.vocab_size].clone() if t.shape[0] > config.vocab_size else t
 
 
+def tensor_count(config: Qwen3Config, hf: bool) -> int:
+    """How many tensors megatron_to_hf (hf) or hf_to_megatron yields: per layer, the renamed
+    ones plus q, k, v and gate, up (HF) or linear_qkv and linear_fc1 (Megatron)."""
+    per_layer = len(_LAYER_RENAMES) + (5 if hf else 2)
+    return 2 + per_layer * config.num_layers + (0 if config.tie_word_embeddings else 1)
+
+
 def hf_to_megatron(get_hf: Getter, config: Qwen3Config) -> Iterator[tuple[str, Tensor]]:
     """Megatron-named tensors from HF ones, one layer at a time; the vocabulary is not padded."""
     yield _EMBED_MC, _exact_vocab(get_hf(_EMBED_HF), config, _EMBED_HF)
