@@ -11,6 +11,9 @@ setup(
     # on Python 3.11, which a requirement here cannot express).
     install_requires=[
         "torch==2.13.0",
+        # megatron.core imports triton; torch's CPU wheel does not bring it, its CUDA wheels pin
+        # this release
+        "triton==3.7.1; platform_system == 'Linux'",
         "numpy<2.5",
         "packaging>=24.2",
         "safetensors",

@@ -1,9 +1,9 @@
 """Adaptations of megatron-core 0.19.2 to the machines it does not expect.
 
 Applied automatically by ``import megatron_tsp`` before anything imports ``megatron.core``.
-Each adaptation is applied only where it is needed (no triton, Python < 3.12, no CUDA; the
-optimizer resume fix wherever the fused apex/TE optimizer is absent) and is commented with the
-megatron-core place it addresses.
+Each adaptation is applied only where it is needed (Python < 3.12, no CUDA; the optimizer resume
+fix wherever the fused apex/TE optimizer is absent) and is commented with the megatron-core place
+it addresses.
 """
 
 from megatron_tsp.compat.cpu import apply_cpu_adaptations
