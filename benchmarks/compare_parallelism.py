@@ -31,7 +31,7 @@ from benchmarks.launch import run_ranks
 from benchmarks.measure import measure_scheme
 from benchmarks.memory import CPU_METHOD, GPU_METHOD
 from benchmarks.netns import EmulatedLink, EmulatedNetwork
-from benchmarks.schemes import SCHEMES, scheme_group_size
+from benchmarks.schemes import SCHEMES, TSP_SCHEMES, scheme_group_size, tsp_mode
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -72,7 +72,7 @@ def validate(args: argparse.Namespace, cfg: Qwen3Config) -> None:
         raise ValueError(f"--num-query-groups ({G}) must be divisible by --group-size ({D}) "
                          f"for tp and tp-sp (leave them out of --schemes to run TSP with fewer "
                          f"kv groups than ranks)")
-    if "tsp" in args.schemes and G % D and D % G:
+    if set(TSP_SCHEMES) & set(args.schemes) and G % D and D % G:
         raise ValueError(f"--num-query-groups ({G}) must be a multiple or a divisor of "
                          f"--group-size ({D}) for tsp")
     for S in args.seq_lengths:
@@ -86,6 +86,8 @@ def validate(args: argparse.Namespace, cfg: Qwen3Config) -> None:
 
 
 def planner_layout(scheme: str, D: int) -> Layout:
+    if scheme in TSP_SCHEMES:
+        return Layout("tsp", tp=D, recompute=tsp_mode(scheme))
     return {"single": Layout("single"), "cp": Layout("cp", cp=D)}.get(scheme,
                                                                     Layout(scheme, tp=D))
 

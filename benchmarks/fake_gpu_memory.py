@@ -46,7 +46,7 @@ def main(argv=None) -> None:
         size, layers, seq_length, tsp_size = setting.split(":")
         layers, seq_length, tsp_size = int(layers), int(seq_length), int(tsp_size)
         cfg = qwen3_preset(size).replace(num_layers=layers)
-        planned = memory_bytes(Layout("tsp", tp=tsp_size), cfg, seq_length, 1, BF16)
+        planned = memory_bytes(Layout("tsp", tp=tsp_size, recompute="full"), cfg, seq_length, 1, BF16)
         for rank in sorted({0, tsp_size - 1}):
             report = measure(size, layers, seq_length, tsp_size, rank)
             rows.append({"model_size": size, "num_layers": layers, "seq_length": seq_length,

@@ -1,6 +1,7 @@
 """One training step (forward, backward, gradient sync, Adam) of each scheme, on one rank.
 
-    tsp     TSPQwen3Model at TSP size D (megatron_tsp)
+    tsp     TSPQwen3Model at TSP size D (megatron_tsp), keeping everything for backward
+    tsp+M   the same recomputing by mode M of layers/recompute.py (activations, selective, full)
     tp      megatron-core GPTModel at tensor-parallel size D
     tp-sp   the same with Megatron sequence parallelism
     cp      context parallel, full replicated weights (benchmarks/cp_model.py)
@@ -20,6 +21,7 @@ import torch
 
 from megatron_tsp import comm
 from megatron_tsp import parallel_state as ps
+from megatron_tsp.layers.recompute import MODES
 from megatron_tsp.layers.vocab import masked_token_mean
 from megatron_tsp.layout import scatter_to_local
 from megatron_tsp.models.config import Qwen3Config
@@ -27,7 +29,13 @@ from megatron_tsp.models.config import Qwen3Config
 from benchmarks.memory import PeakMemory
 from benchmarks.weights import full_weights, pad_rows, tensor_parallel_shard
 
-SCHEMES = ("tsp", "tp", "tp-sp", "cp", "single")
+TSP_SCHEMES = tuple("tsp" if mode == "none" else f"tsp+{mode}" for mode in MODES)
+SCHEMES = (*TSP_SCHEMES, "tp", "tp-sp", "cp", "single")
+
+
+def tsp_mode(scheme: str) -> str:
+    """The recompute mode of a TSP scheme."""
+    return scheme.partition("+")[2] or "none"
 
 
 def scheme_group_size(scheme: str, group_size: int) -> int:
@@ -59,11 +67,11 @@ def _local(batch: Batch):
     return tuple(scatter_to_local(t, dim=1) for t in (batch.tokens, batch.labels, batch.positions))
 
 
-def _build_tsp(config: Qwen3Config, full: Dict[str, torch.Tensor]):
+def _build_tsp(config: Qwen3Config, full: Dict[str, torch.Tensor], mode: str):
     from megatron_tsp.models.full_weights import load_full_state_dict
-    from megatron_tsp.models.qwen3 import TSPQwen3Model
+    from megatron_tsp.models.qwen3 import build_tsp_qwen3
 
-    model = TSPQwen3Model(config)
+    model = build_tsp_qwen3(config, mode)
     load_full_state_dict(model, full)
     model.to(device())
 
@@ -150,8 +158,8 @@ class SchemeRank:
         ps.initialize_tsp(scheme_group_size(scheme, group_size))
         full = full_weights(config, seed)
         D = ps.get_tsp_world_size()
-        if scheme == "tsp":
-            self.model, self._forward_backward = _build_tsp(config, full)
+        if scheme in TSP_SCHEMES:
+            self.model, self._forward_backward = _build_tsp(config, full, tsp_mode(scheme))
         elif scheme == "cp":
             self.model, self._forward_backward = _build_cp(config, full)
         else:  # tp, tp-sp, single (D = 1)

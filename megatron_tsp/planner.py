@@ -4,14 +4,16 @@
         [--micro-batch-size 1 --dtype bf16 --distributed-optimizer]
 
 For every layout of `--gpus` GPUs (a model-parallel group of D GPUs, data parallel over the
-rest) it predicts the per-GPU memory (megatron_tsp.planner_memory: params, grads, optimizer
-state, kept activations, transient buffers; a GPU flash attention kernel) and the bytes each GPU
-sends and receives per step (megatron_tsp.planner_bytes, the same formulas the benchmark's
-counters confirm byte for byte). It recommends, among the layouts that fit in 90% of the GPU's
-memory (the rest is left to the CUDA context, NCCL and allocator fragmentation), the one with
-the least communication time per sequence: max(sent, received) over the GPU's link bandwidth,
-divided by the sequences the whole job processes per step (dp x micro-batch).
-Overlap with compute and latency are ignored: it ranks layouts, it does not predict step time.
+rest) and every recompute mode (TSP's of layers/recompute.py; Megatron's none or full) it
+predicts the per-GPU memory (megatron_tsp.planner_memory: params, grads, optimizer state, kept
+activations, transient buffers; a GPU flash attention kernel), the bytes each GPU sends and
+receives per step (megatron_tsp.planner_bytes, the same formulas the benchmark's counters
+confirm byte for byte) and the FLOPs it computes (megatron_tsp.planner_flops, recompute
+included). It recommends, among the layouts that fit in 90% of the GPU's memory (the rest is
+left to the CUDA context, NCCL and allocator fragmentation) or of --memory-budget-gb, the
+fastest: compute time at the GPU's peak plus communication time (max(sent, received) over the
+link bandwidth), per sequence the whole job processes per step (dp x micro-batch). Overlap,
+kernel efficiency and latency are ignored: it ranks layouts, it does not predict step time.
 """
 
 import argparse
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from megatron_tsp.models.config import Qwen3Config, qwen3_preset
-from megatron_tsp.planner_bytes import Layout, transfer_bytes
+from megatron_tsp.planner_bytes import RECOMPUTE, Layout, transfer_bytes
+from megatron_tsp.planner_flops import hardware_flops_per_token
 from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
 
 GIB, GB = 2 ** 30, 10 ** 9
@@ -33,18 +36,20 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 @dataclass(frozen=True)
 class GPUSpec:
-    """Vendor memory capacity and the per-GPU intra-node link bandwidth, one direction."""
+    """Vendor memory capacity, the per-GPU intra-node link bandwidth (one direction) and the
+    dense bf16 peak."""
 
     memory_bytes: int
     link_bytes_per_s: float
     link: str
+    flops_per_s: float
 
 
 GPUS = {
-    "h100": GPUSpec(80 * GIB, 450e9, "NVLink 4, 900 GB/s bidirectional"),
-    "h200": GPUSpec(141 * GIB, 450e9, "NVLink 4, 900 GB/s bidirectional"),
-    "mi300x": GPUSpec(192 * GIB, 448e9, "Infinity Fabric, 7 x 128 GB/s bidirectional"),
-    "a100": GPUSpec(80 * GIB, 300e9, "NVLink 3, 600 GB/s bidirectional"),
+    "h100": GPUSpec(80 * GIB, 450e9, "NVLink 4, 900 GB/s bidirectional", 989e12),
+    "h200": GPUSpec(141 * GIB, 450e9, "NVLink 4, 900 GB/s bidirectional", 989e12),
+    "mi300x": GPUSpec(192 * GIB, 448e9, "Infinity Fabric, 7 x 128 GB/s bidirectional", 1307e12),
+    "a100": GPUSpec(80 * GIB, 300e9, "NVLink 3, 600 GB/s bidirectional", 312e12),
 }
 
 
@@ -56,7 +61,12 @@ class Plan:
     received: int
     comm_s_per_step: float
     comm_s_per_sequence: float
+    compute_s_per_sequence: float
     fits: bool
+
+    @property
+    def time_s_per_sequence(self) -> float:
+        return self.comm_s_per_sequence + self.compute_s_per_sequence
 
 
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,8 +108,15 @@ def unsupported(layout: Layout, cfg: Qwen3Config, S: int) -> Optional[str]:
     return None
 
 
+def _modes(scheme: str) -> List[str]:
+    """Recompute modes the planner models: TSP's, Megatron's none and full (the benchmark's
+    context-parallel model keeps everything)."""
+    return {"tsp": list(RECOMPUTE), "cp": ["none"]}.get(scheme, ["none", "full"])
+
+
 def candidate_layouts(gpus: int) -> List[Layout]:
-    """Every scheme at every group size D dividing `gpus` (data parallel over gpus / D)."""
+    """Every scheme at every group size D dividing `gpus` (data parallel over gpus / D), in
+    every recompute mode."""
     out = [Layout("single", dp=gpus)]
     for D in range(2, gpus + 1):
         if gpus % D:
@@ -108,33 +125,38 @@ def candidate_layouts(gpus: int) -> List[Layout]:
         out += [Layout("tsp", tp=D, dp=dp), Layout("tp", tp=D, dp=dp),
                 Layout("tp-sp", tp=D, dp=dp), Layout("cp", cp=D, dp=dp)]
         out += [Layout("tp-cp", tp=T, cp=D // T, dp=dp) for T in range(2, D) if D % T == 0]
-    return out
+    return [Layout(x.scheme, x.tp, x.cp, x.dp, mode) for x in out for mode in _modes(x.scheme)]
 
 
 def plan(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int, gpu: GPUSpec,
-         distributed_optimizer: bool, recompute: bool) -> Plan:
-    memory = memory_bytes(layout, cfg, S, b, e, distributed_optimizer, recompute=recompute)
+         distributed_optimizer: bool, budget_bytes: float) -> Plan:
+    memory = memory_bytes(layout, cfg, S, b, e, distributed_optimizer)
     transfers = transfer_bytes(layout, cfg, S, b, e, distributed_optimizer)
     sent = sum(s for s, _ in transfers.values())
     received = sum(r for _, r in transfers.values())
     step = max(sent, received) / gpu.link_bytes_per_s
-    return Plan(layout, memory, sent, received, step, step / (layout.dp * b),
-                memory.total <= USABLE_MEMORY_FRACTION * gpu.memory_bytes)
+    flops = hardware_flops_per_token(layout, cfg, S) * S * b / layout.group_size
+    sequences = layout.dp * b
+    return Plan(layout, memory, sent, received, step, step / sequences,
+                flops / gpu.flops_per_s / sequences, memory.total <= budget_bytes)
 
 
 def plans(cfg: Qwen3Config, S: int, gpus: int, gpu: str, b: int = 1, dtype: str = "bf16",
-          distributed_optimizer: bool = False, recompute: bool = False) -> List[Plan]:
-    """Every supported layout, best first: fitting ones by communication time per sequence."""
+          distributed_optimizer: bool = False,
+          memory_budget_bytes: Optional[float] = None) -> List[Plan]:
+    """Every supported layout and recompute mode, best first: those that fit (90% of the GPU's
+    memory, or the budget given) by estimated time per sequence."""
     spec, e = GPUS[gpu], DTYPE_BYTES[dtype]
-    out = [plan(layout, cfg, S, b, e, spec, distributed_optimizer, recompute)
+    budget = memory_budget_bytes or USABLE_MEMORY_FRACTION * spec.memory_bytes
+    out = [plan(layout, cfg, S, b, e, spec, distributed_optimizer, budget)
            for layout in candidate_layouts(gpus) if unsupported(layout, cfg, S) is None]
-    return sorted(out, key=lambda p: (not p.fits, p.comm_s_per_sequence, p.memory.total))
+    return sorted(out, key=lambda p: (not p.fits, p.time_s_per_sequence, p.memory.total))
 
 
 def format_table(rows: List[Plan]) -> str:
     header = ("| layout | D | dp | params | grads | optimizer | activations | transient | "
-              "total GB | fits | sent GB | recv GB | comm ms/seq |")
-    lines = [header, "|" + "---|" * 13]
+              "total GB | fits | sent GB | recv GB | comm ms/seq | compute ms/seq |")
+    lines = [header, "|" + "---|" * 14]
     for p in rows:
         m = p.memory
         lines.append(
@@ -142,7 +164,7 @@ def format_table(rows: List[Plan]) -> str:
             + " | ".join(f"{x / GB:.1f}" for x in (m.params, m.grads, m.optimizer,
                                                    m.activations, m.transient, m.total))
             + f" | {'yes' if p.fits else 'no'} | {p.sent / GB:.2f} | {p.received / GB:.2f} | "
-            f"{1e3 * p.comm_s_per_sequence:.1f} |")
+            f"{1e3 * p.comm_s_per_sequence:.1f} | {1e3 * p.compute_s_per_sequence:.1f} |")
     return "\n".join(lines)
 
 
@@ -155,9 +177,9 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
     parser.add_argument("--micro-batch-size", type=int, default=1)
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16")
     parser.add_argument("--distributed-optimizer", action="store_true")
-    parser.add_argument("--recompute-granularity", choices=["full"],
-                        help="Megatron's full activation recompute for every layout but TSP "
-                             "(which recomputes attention and MLP by construction)")
+    parser.add_argument("--memory-budget-gb", type=float,
+                        help="per-GPU memory a plan may use (GB = 1e9 bytes); by default 90%% "
+                             "of the GPU's")
     args = parser.parse_args(argv)
     if args.seq_length <= 0:
         raise ValueError(f"--seq-length must be positive, got {args.seq_length}")
@@ -165,18 +187,21 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
     if args.micro_batch_size < 1:
         raise ValueError(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
+    if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
+        raise ValueError(f"--memory-budget-gb must be positive, got {args.memory_budget_gb}")
     cfg = model_config_from_args(args)
+    budget = args.memory_budget_gb * GB if args.memory_budget_gb else None
     rows = plans(cfg, args.seq_length, args.gpus, args.gpu, args.micro_batch_size, args.dtype,
-                 args.distributed_optimizer, args.recompute_granularity == "full")
+                 args.distributed_optimizer, budget)
     spec = GPUS[args.gpu]
     print(f"{args.gpus} x {args.gpu} ({spec.memory_bytes / GIB:.0f} GiB, {spec.link}); "
           f"{args.seq_length} tokens x micro-batch {args.micro_batch_size}, {args.dtype}"
-          f"{', full recompute' if args.recompute_granularity else ''}; GB = 1e9 bytes, "
-          f"per GPU\n")
+          f"; GB = 1e9 bytes, per GPU; +MODE: what backward recomputes\n")
     print(format_table(rows))
     best = next((p for p in rows if p.fits), None)
     print("\nrecommended: " + (f"{best.layout.name} ({best.memory.total / GB:.1f} GB per GPU, "
-                               f"{1e3 * best.comm_s_per_sequence:.1f} ms of communication per "
+                               f"{1e3 * best.comm_s_per_sequence:.1f} ms of communication and "
+                               f"{1e3 * best.compute_s_per_sequence:.1f} ms of compute per "
                                f"sequence)" if best else "nothing fits; add GPUs or shorten the "
                                "sequence"))
     return rows

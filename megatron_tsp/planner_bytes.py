@@ -18,11 +18,14 @@ gradients, travelling accumulators and loss statistics are fp32 (4 bytes) whatev
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
+from megatron_tsp.layers.recompute import MODES, NONE, Recompute, mode_recompute
 from megatron_tsp.models.config import Qwen3Config
 
 Transfers = Dict[str, Tuple[int, int]]  # kind -> (sent, received), bytes per rank
 FP32 = 4
 SCHEMES = ("single", "tsp", "tp", "tp-sp", "cp", "tp-cp")
+# TSP's recompute choices by name, each with its Megatron flags (layers/recompute.py)
+RECOMPUTE = {mode: mode_recompute(mode) for mode in MODES}
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,22 @@ class Layout:
     tp: int = 1
     cp: int = 1
     dp: int = 1
+    recompute: str = "none"
+    """What backward recomputes: for tsp one of RECOMPUTE (layers/recompute.py), for Megatron's
+    layouts "none" or "full" (Megatron's full recompute, one layer per checkpoint)."""
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {self.scheme!r}; choose from {SCHEMES}")
+        modes = tuple(RECOMPUTE) if self.scheme == "tsp" else ("none", "full")
+        if self.recompute not in modes:
+            raise ValueError(f"recompute {self.recompute!r} is not one of {modes} for "
+                             f"{self.scheme}")
+
+    @property
+    def recomputes(self) -> Recompute:
+        """TSP's choice for every layer."""
+        return RECOMPUTE[self.recompute]
 
     @property
     def group_size(self) -> int:
@@ -46,10 +61,11 @@ class Layout:
 
     @property
     def name(self) -> str:
+        mode = "" if self.recompute == "none" else f"+{self.recompute}"
         if self.scheme == "tp-cp":
-            return f"tp{self.tp}xcp{self.cp}" + (f"xdp{self.dp}" if self.dp > 1 else "")
+            return f"tp{self.tp}xcp{self.cp}{mode}" + (f"xdp{self.dp}" if self.dp > 1 else "")
         size = {"single": "", "cp": str(self.cp)}.get(self.scheme, str(self.tp))
-        return f"{self.scheme}{size}" + (f"xdp{self.dp}" if self.dp > 1 else "")
+        return f"{self.scheme}{size}{mode}" + (f"xdp{self.dp}" if self.dp > 1 else "")
 
 
 def attention_weights(cfg: Qwen3Config) -> int:
@@ -93,7 +109,8 @@ def _add(out: Transfers, kind: str, sent: int, received: int) -> None:
         out[kind] = (old[0] + sent, old[1] + received)
 
 
-def tsp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> Transfers:
+def tsp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
+                  recompute: Recompute = NONE) -> Transfers:
     """TSP: weights travel (attention broadcast, MLP and vocabulary rings), plus the kv heads of
     the local tokens; forward and backward each move every shard once (docs/design.md)."""
     L, h, out = cfg.num_layers, cfg.hidden_size, {}
@@ -103,7 +120,9 @@ def tsp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> Transfers
     kv = (S // D) * b * 2 * cfg.num_query_groups * cfg.kv_channels * e  # local k, v of a layer
     _add(out, "attn_weights", 2 * L * e * wa, 2 * L * e * wa * (D - 1))
     _add(out, "attn_weights_grad", L * FP32 * wa * (D - 1), L * FP32 * wa * (D - 1))
-    _add(out, "attn_kv", 2 * L * kv, 2 * L * kv * (D - 1))  # forward and backward recompute
+    # gathered again in backward when the core is recomputed
+    gathers = L * (2 if recompute.core_attn or recompute.qkv else 1)
+    _add(out, "attn_kv", gathers * kv, gathers * kv * (D - 1))
     _add(out, "attn_kv_grad", L * kv * (D - 1), L * kv * (D - 1))
     _add(out, "mlp_weights", 2 * L * e * wm * (D - 1), 2 * L * e * wm * (D - 1))
     _add(out, "mlp_weights_grad", L * FP32 * wm * D, L * FP32 * wm * D)  # D hops of the acc.
@@ -206,7 +225,7 @@ def transfer_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
     """All transfers of one step of `layout`, per rank, by kind."""
     formulas = {
         "single": lambda: {},
-        "tsp": lambda: tsp_transfers(cfg, S, b, layout.tp, e),
+        "tsp": lambda: tsp_transfers(cfg, S, b, layout.tp, e, layout.recomputes),
         "tp": lambda: tp_transfers(cfg, S, b, layout.tp, e),
         "tp-sp": lambda: tp_sp_transfers(cfg, S, b, layout.tp, e),
         "cp": lambda: cp_transfers(cfg, S, b, layout.cp, e),

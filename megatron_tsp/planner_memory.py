@@ -2,8 +2,8 @@
 
 Activations are counted tensor by tensor from what each implementation keeps for backward (the
 saved-tensor inventory of one layer, per token): megatron-core GPTModel with the local spec and a
-fused attention core (tp, tp-sp, single), megatron_tsp's TSP model (keeps only each norm's input,
-output and 1/rms; attention and MLP are recomputed), the benchmark's context-parallel model
+fused attention core (tp, tp-sp, single), megatron_tsp's TSP model (each norm's input, output and
+1/rms, and what its recompute mode keeps of attention and MLP), the benchmark's context-parallel model
 (benchmarks/cp_model.py: no recompute). Peak = model state + kept activations + transient, the
 transient being the most any of a few moments adds on top of the kept activations (the start of
 backward, an attention step recomputed, the end of backward with the vocabulary gradients).
@@ -18,6 +18,7 @@ L layers, V vocabulary (Vp padded), e bytes per activation element, t tensor-par
 
 from dataclasses import dataclass
 
+from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.planner_bytes import FP32, Layout, params_per_rank, vocab_rows
 
@@ -101,16 +102,49 @@ def megatron_transient_bytes(cfg: Qwen3Config, S: int, b: int, t: int, sp: bool,
     return buffers + table + act + (act + act // t if sp else 0)
 
 
-def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
-    """TSP keeps per layer only its two norms' tensors on the S/D local tokens (attention and
-    MLP recompute from their input); globally the final norm, fp32 RoPE cos/sin, the loss's fp32
+def tsp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
+                    recompute: Recompute = NONE) -> int:
+    """What one TSP layer keeps of attention and MLP (layers/attention.py, layers/mlp.py) on the
+    s = S/D x b local tokens, all head-group steps and ring visits together; nothing with full
+    recompute. Attention: the qkv GEMM's output; with the q/k norms kept, q's copy out of the
+    grouped qkv and an fp32 1/rms per q/k head; the rotated q and, where the norms or the core
+    are recomputed (not both), the local k and v; with the core kept, its output twice (per
+    chunk and concatenated), an fp32 log-sum-exp per head and each step's keys/values of the
+    whole sequence. MLP: fc1's output and, with the activation kept, silu(gate) and the
+    product."""
+    s, nh, G, hd, F = (S // D * b, cfg.num_attention_heads, cfg.num_query_groups,
+                       cfg.kv_channels, cfg.ffn_hidden_size)
+    total = 0
+    if not recompute.qkv:
+        keep_norms, keep_core = not recompute.norm_rope, not recompute.core_attn
+        per_token = (nh + 2 * G) * hd * e
+        if keep_norms:
+            groups_per_step = G // min(G, D)
+            per_token += _q_copies(nh // G, groups_per_step) * nh * hd * e + (nh + G) * FP32
+        if keep_norms or keep_core:
+            per_token += nh * hd * e + (0 if keep_norms and keep_core else 2 * G * hd * e)
+        if keep_core:
+            per_token += 2 * nh * hd * e + nh * FP32
+            total += S * b * 2 * G * hd * e
+        total += s * per_token
+    if not recompute.fc1:
+        total += s * F * e * (2 if recompute.swiglu else 4)
+    return total
+
+
+def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
+                         recompute: Recompute = NONE) -> int:
+    """TSP keeps per layer its two norms' tensors on the S/D local tokens and what the recompute
+    mode keeps (tsp_layer_bytes); globally the final norm, fp32 RoPE cos/sin, the loss's fp32
     log-sum-exp and the local ids and labels."""
     s, h = S // D * b, cfg.hidden_size
     return ((2 * cfg.num_layers + 1) * _tsp_norm_bytes(s, h, e)
+            + cfg.num_layers * tsp_layer_bytes(cfg, S, b, D, e, recompute)
             + s * (2 * cfg.kv_channels * FP32 + FP32 + 2 * INT64))
 
 
-def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int:
+def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
+                        recompute: Recompute = NONE) -> int:
     """The larger of two moments.
     Output layer backward, a visiting shard (its copy and the prefetched one, the fp32 input and
     input-gradient [s, h] alive throughout), at the larger of: its logits [s, Vp/D] being made,
@@ -118,10 +152,10 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int
     travelling fp32 gradient accumulator; or its gradient being passed on, the probabilities with
     three fp32 accumulators (this rank's partial, the travelling and the incoming one). Both
     measured on fake GPU tensors (tests/test_fake_gpu.py) and on CPU (tests/test_planner.py).
-    Last layer's attention backward, one head-group step recomputed: about four copies of the
-    step's keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
-    gradient), four fp32 [s, h] gradient tensors, less the last layer's pre-MLP norm and the final
-    norm already freed."""
+    Last layer's attention backward, one head-group step: about four copies of the step's
+    keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
+    gradient; one of them kept since forward when the core is), four fp32 [s, h] gradient
+    tensors, less the last layer's pre-MLP norm and the final norm already freed."""
     s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
     shard = cfg.padded_vocab_size(D) // D
     logits_made = s * shard * (FP32 + e) + shard * h * FP32
@@ -129,7 +163,8 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> int
     vocab = max(logits_made, gradient_passed) + 2 * shard * h * e + 2 * s * h * FP32
     steps = min(cfg.num_query_groups, D)
     kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
-    attention_step = 4 * kv_step + 4 * s * h * FP32 - 2 * _tsp_norm_bytes(s, h, e)
+    kv_copies = 4 if recompute.core_attn or recompute.qkv else 3
+    attention_step = kv_copies * kv_step + 4 * s * h * FP32 - 2 * _tsp_norm_bytes(s, h, e)
     return max(vocab, attention_step)
 
 
@@ -168,20 +203,20 @@ def table_gradient_bytes(cfg: Qwen3Config, rows: int) -> int:
 
 
 def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
-                 distributed_optimizer: bool = False, recompute: bool = False) -> MemoryEstimate:
+                 distributed_optimizer: bool = False) -> MemoryEstimate:
     """Peak bytes per rank of one training step of `layout` (the rank with the most).
 
-    `recompute` (Megatron's full activation recompute, one layer per checkpoint; planner only,
-    not benchmarked) applies to every layout but TSP, which recomputes attention and MLP by
-    construction: each layer then keeps only its input, and the layer being recomputed holds
-    its full activations for a moment (added to the transient)."""
+    TSP keeps what its recompute mode says (tsp_layer_bytes). Megatron's full recompute of the
+    other layouts (one layer per checkpoint; planner only, not benchmarked) keeps each layer's
+    input, and the layer being recomputed holds its full activations for a moment (added to
+    the transient)."""
     params, grads, optimizer = model_state_bytes(params_per_rank(cfg, layout), e, layout.dp,
                                                  distributed_optimizer)
     L, t, C, h = cfg.num_layers, layout.tp, layout.cp, cfg.hidden_size
     rows = vocab_rows(cfg, layout) // t
     if layout.scheme == "tsp":
-        act = tsp_activation_bytes(cfg, S, b, t, e)
-        transient = max(tsp_transient_bytes(cfg, S, b, t, e),
+        act = tsp_activation_bytes(cfg, S, b, t, e, layout.recomputes)
+        transient = max(tsp_transient_bytes(cfg, S, b, t, e, layout.recomputes),
                         table_gradient_bytes(cfg, rows) - act)
         return MemoryEstimate(params, grads, optimizer, act, transient)
     if layout.scheme == "cp":
@@ -197,6 +232,7 @@ def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
         glob = megatron_global_bytes(cfg, S // C, b, t, sp, e)
         transient = megatron_transient_bytes(cfg, S // C, b, t, sp, e)
         layer_input = S // C * b * h * e // (t if sp else 1)
+    recompute = layout.recompute == "full"
     act = L * (layer_input if recompute else layer) + glob
     transient += layer if recompute else 0
     return MemoryEstimate(params, grads, optimizer, act,

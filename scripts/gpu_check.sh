@@ -190,7 +190,8 @@ say "(b) Qwen3-$MODEL shape, $LAYERS layers, $SEQ tokens, $ITERS iterations ${EX
 pretrain "$LOGS/b_1p7b.log" "$(left 240)" --tsp-size 1 --model-size $MODEL \
     --num-layers $LAYERS --seq-length "$SEQ" --micro-batch-size 1 --global-batch-size 1 \
     "${DTYPE[@]}" --mock-data --train-iters "$ITERS" --lr 1e-4 --log-interval 1 --eval-iters 0 \
-    --seed 1234 "${EXTRA[@]}"
+    --seed 1234 --recompute-granularity full --recompute-method uniform \
+    --recompute-num-layers 1 "${EXTRA[@]}"
 code=$?
 "${REPORT[@]}" losses "$LOGS/b_1p7b.log" --expect "$ITERS" >"$LOGS/b_losses.result"
 cat "$LOGS/b_losses.result"

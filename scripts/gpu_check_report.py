@@ -87,18 +87,13 @@ def model_config(model_size: str, num_layers=None):
 
 
 def flops_per_token(cfg, seq_length: int, recompute: bool = False) -> float:
-    """Training FLOPs per token: 6 x the matmul parameters (the layers' weights and the output
-    layer, counted once even when tied: the embedding lookup does no arithmetic) plus causal
-    attention, 12 L (nh hd) S^2 / 2 per sequence, i.e. 6 L nh hd S per token. With `recompute`
-    the forward of attention and MLP that TSP repeats in backward is added (hardware FLOPs)."""
-    from megatron_tsp.planner_bytes import attention_weights, mlp_weights
-    L, d = cfg.num_layers, cfg.num_attention_heads * cfg.kv_channels
-    layers = L * (attention_weights(cfg) + mlp_weights(cfg))
-    matmul_params = layers + cfg.padded_vocab_size(1) * cfg.hidden_size
-    flops = 6 * matmul_params + 6 * L * d * seq_length
+    """Model FLOPs per token, or with `recompute` the hardware FLOPs of TSP's full recompute (the
+    mode this check runs): megatron_tsp.planner_flops."""
+    from megatron_tsp.planner_bytes import Layout
+    from megatron_tsp.planner_flops import hardware_flops_per_token, model_flops_per_token
     if recompute:
-        flops += 2 * layers + 2 * L * d * seq_length
-    return float(flops)
+        return float(hardware_flops_per_token(Layout("tsp", recompute="full"), cfg, seq_length))
+    return float(model_flops_per_token(cfg, seq_length))
 
 
 def peak_flops(device_name: str, override_tflops=None) -> float:
@@ -123,10 +118,12 @@ def throughput(text: str):
 
 def planner_prediction_bytes(cfg, seq_length: int, micro_batch_size: int = 1, tsp_size: int = 1,
                              distributed_optimizer: bool = False) -> int:
-    """The planner's peak bytes per rank (bf16) for this run."""
+    """The planner's peak bytes per rank (bf16) for this run (full recompute, as
+    scripts/gpu_check.sh runs it)."""
     from megatron_tsp.planner_bytes import Layout
     from megatron_tsp.planner_memory import memory_bytes
-    return memory_bytes(Layout("tsp", tp=tsp_size), cfg, seq_length, micro_batch_size, 2,
+    return memory_bytes(Layout("tsp", tp=tsp_size, recompute="full"), cfg, seq_length,
+                        micro_batch_size, 2,
                         distributed_optimizer=distributed_optimizer).total
 
 

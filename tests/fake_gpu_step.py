@@ -89,7 +89,7 @@ def run(args) -> dict:
     from megatron_tsp.layers.vocab import masked_token_mean
     from megatron_tsp.layout import local_token_index, scatter_to_local
     from megatron_tsp.models.config import qwen3_preset
-    from megatron_tsp.models.qwen3 import TSPQwen3Model
+    from megatron_tsp.models.qwen3 import build_tsp_qwen3
     from tests.fake_gpu import StepAudit, peak_bytes, start_fake_rank, use_gpu_attention_kernels
 
     D, S, b = args.tsp_size, args.seq_length, args.micro_batch_size
@@ -103,7 +103,7 @@ def run(args) -> dict:
     wrong_grads, loss_seen = [], ""
     with FakeTensorMode():
         with torch.device(device):
-            model = TSPQwen3Model(cfg, dtype=dtype)
+            model = build_tsp_qwen3(cfg, args.recompute, dtype)
         tracker = MemTracker()
         tracker.track_external(model)
         audit = StepAudit(device, chunk=S // (2 * D))
@@ -136,6 +136,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-length", type=int, default=131072)
     parser.add_argument("--micro-batch-size", type=int, default=1)
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--recompute", default="full",
+                        help="what backward recomputes: a mode of layers/recompute.py (none, "
+                             "activations, selective, full); full by default, the mode a "
+                             "128K-token step needs")
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--no-gpu-attention", dest="gpu_attention", action="store_false",
                         help="leave SDPA's kernel choice alone (the CPU build's math path)")

@@ -55,7 +55,7 @@ def test_step_stays_on_the_device_and_never_waits_on_the_host(first_and_last_ran
 
 def test_peak_memory_is_the_planners_within_ten_percent(first_and_last_rank):
     cfg = qwen3_preset("8b").replace(num_layers=LAYERS)
-    predicted = memory_bytes(Layout("tsp", tp=D), cfg, S, 1, BF16)
+    predicted = memory_bytes(Layout("tsp", tp=D, recompute="full"), cfg, S, 1, BF16)
     for report in first_and_last_rank:
         ratio = report["peak_bytes"] / predicted.total
         assert 0.9 <= ratio <= 1.1, (report["rank"], report["peak_bytes"], predicted)

@@ -59,14 +59,16 @@ UNSUPPORTED = [
     # TSP attention is causal over whole sequences: no document masking
     (["--reset-position-ids", *MOCK], 1, "--reset-position-ids"),
     (["--reset-attention-mask", *MOCK], 1, "--reset-attention-mask"),
-    # TSP recomputes attention and MLP in backward by construction
+    # recompute choices TSP's layers cannot honour (layers/recompute.py)
     (["--recompute-granularity", "full", "--recompute-method", "uniform", *MOCK], 1,
-     "--recompute-granularity"),
-    (["--recompute-granularity", "selective", *MOCK], 1, "--recompute-granularity"),
+     "--recompute-num-layers"),
+    (["--recompute-granularity", "full", "--recompute-method", "uniform",
+      "--recompute-num-layers", "2", *MOCK], 1, "--recompute-num-layers 2"),
+    (["--recompute-granularity", "selective", "--recompute-modules", "layernorm", *MOCK], 1,
+     "--recompute-modules layernorm"),
     (["--recompute-method", "block", *MOCK], 1, "--recompute-method"),
     (["--recompute-modules", "core_attn", *MOCK], 1, "--recompute-modules"),
     (["--recompute-num-layers", "1", *MOCK], 1, "--recompute-num-layers"),
-    (["--recompute-activations", *MOCK], 1, "--recompute-activations"),
     (["--tsp-size", "2", "--distribute-saved-activations", *MOCK], 2,
      "--distribute-saved-activations"),
 ]

@@ -8,7 +8,7 @@ memory of the busiest rank within 10%.
 
 import pytest
 
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.models.config import Qwen3Config, qwen3_preset
 from megatron_tsp.planner import main as planner_main
 from megatron_tsp.planner import plans
 from megatron_tsp.planner_bytes import Layout, transfer_bytes, tp_cp_transfers, tp_sp_transfers
@@ -28,8 +28,10 @@ GQA = Qwen3Config(num_layers=2, hidden_size=32, num_attention_heads=4, num_query
 FEW_GROUPS = Qwen3Config(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
                          kv_channels=8, ffn_hidden_size=64, vocab_size=600,
                          tie_word_embeddings=False)
-RUNS = [("tsp", GQA, 2), ("tp", GQA, 2), ("tp-sp", GQA, 2), ("cp", GQA, 2),
-        ("tsp", FEW_GROUPS, 4)]
+# TSP in every recompute mode (layers/recompute.py)
+RUNS = [("tsp", GQA, 2), ("tsp+activations", GQA, 2), ("tsp+selective", GQA, 2),
+        ("tsp+full", GQA, 2), ("tp", GQA, 2), ("tp-sp", GQA, 2), ("cp", GQA, 2),
+        ("tsp", FEW_GROUPS, 4), ("tsp+full", FEW_GROUPS, 4)]
 
 
 IDS = [f"{scheme}-D{D}-{'gqa' if cfg is GQA else 'few-groups'}" for scheme, cfg, D in RUNS]
@@ -93,7 +95,7 @@ def test_cli_recommends_a_layout_that_fits(capsys):
     rows = planner_main(["--model-size", "8b", "--seq-length", "131072", "--gpus", "8",
                          "--gpu", "h100"])
     assert rows[0].fits and rows[0].layout.scheme == "tsp"
-    assert all(p.comm_s_per_sequence >= rows[0].comm_s_per_sequence for p in rows if p.fits)
+    assert all(p.time_s_per_sequence >= rows[0].time_s_per_sequence for p in rows if p.fits)
     assert f"recommended: {rows[0].layout.name} " in capsys.readouterr().out
     # at short context TSP's weight traffic loses to tensor parallelism's activation traffic
     short = plans(GQA.replace(num_layers=36, hidden_size=4096, num_attention_heads=32,
@@ -102,10 +104,32 @@ def test_cli_recommends_a_layout_that_fits(capsys):
     assert short[0].layout.scheme != "tsp"
 
 
+def test_the_fastest_recompute_mode_that_fits_the_budget_is_chosen():
+    cfg = qwen3_preset("8b")
+    tsp8 = {p.layout.recompute: p for p in plans(cfg, 32768, 8, "h100")
+            if p.layout.scheme == "tsp" and p.layout.tp == 8}
+    memory = {mode: p.memory.total for mode, p in tsp8.items()}
+    time = {mode: p.time_s_per_sequence for mode, p in tsp8.items()}
+    assert memory["none"] > memory["activations"] > memory["full"]
+    assert memory["none"] > memory["selective"] > memory["full"]
+    assert time["none"] == time["activations"] < time["selective"] < time["full"]
+
+    def best_tsp8(budget):
+        return next(p for p in plans(cfg, 32768, 8, "h100", memory_budget_bytes=budget)
+                    if p.fits and p.layout.scheme == "tsp" and p.layout.tp == 8)
+    # as fast as keeping everything and smaller; then the fastest that still fits
+    assert best_tsp8(memory["none"] + 1).layout.recompute == "activations"
+    assert best_tsp8(memory["activations"] - 1).layout.recompute == (
+        "selective" if memory["selective"] < memory["activations"] else "full")
+    assert best_tsp8(memory["full"] + 1).layout.recompute == "full"
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--seq-length", "1024", "--gpus", "8"], "--num-layers"),
     (["--model-size", "8b", "--seq-length", "0", "--gpus", "8"], "--seq-length"),
     (["--model-size", "8b", "--seq-length", "1024", "--gpus", "0"], "--gpus"),
+    (["--model-size", "8b", "--seq-length", "1024", "--gpus", "8", "--memory-budget-gb", "0"],
+     "--memory-budget-gb"),
 ])
 def test_cli_errors_name_the_flag(argv, flag):
     with pytest.raises(ValueError, match=flag):

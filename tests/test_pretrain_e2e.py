@@ -27,13 +27,18 @@ def _assert_same_losses(losses, reference, iterations, rtol=1e-5):
         assert abs(losses[i] - reference[i]) <= rtol * abs(reference[i]), (i, losses, reference)
 
 
+# the recompute flags ride along on layouts that run anyway: the Megatron flags reach the layers
+# (each choice's numerics against one device: tests/test_recompute.py)
 @pytest.mark.parametrize("nproc, layout", [
     (2, ["--tsp-size", "2"]),
-    (4, ["--tsp-size", "4"]),
-    (4, ["--tsp-size", "2"]),  # data parallel 2 x tsp 2
-    (4, ["--tsp-size", "2", "--use-distributed-optimizer"]),
-    (4, ["--tsp-size", "2", "--pipeline-model-parallel-size", "2"]),
-], ids=["tsp2", "tsp4", "dp2-tsp2", "dp2-tsp2-distopt", "pp2-tsp2"])
+    (4, ["--tsp-size", "4", "--recompute-granularity", "full", "--recompute-method", "block",
+         "--recompute-num-layers", "1"]),
+    (4, ["--tsp-size", "2", "--recompute-activations"]),  # data parallel 2 x tsp 2
+    (4, ["--tsp-size", "2", "--use-distributed-optimizer", "--tsp-recompute-activations"]),
+    (4, ["--tsp-size", "2", "--pipeline-model-parallel-size", "2", "--recompute-granularity",
+         "selective", "--recompute-modules", "mlp"]),
+], ids=["tsp2", "tsp4-full-block1", "dp2-tsp2-selective", "dp2-tsp2-distopt-activations",
+        "pp2-tsp2-selective-mlp"])
 def test_loss_equals_single_device_at_every_layout(cache, single_device, nproc, layout):
     losses, norms = losses_and_grad_norms_of(nproc, MOCK_RUN + ITERS + layout, cache)
     _assert_same_losses(losses, single_device[0], range(1, 6))

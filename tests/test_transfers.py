@@ -22,25 +22,35 @@ ALLOWED_KINDS = {"attn_weights", "attn_weights_grad", "attn_kv", "attn_kv_grad",
 
 
 def _counters_per_length():
-    from megatron_tsp.models.qwen3 import TSPQwen3Model
+    """Per config: {recompute mode: {length: counters}}, keeping everything and recomputing
+    everything (layers/recompute.py)."""
+    from megatron_tsp.models.qwen3 import build_tsp_qwen3
     ps.initialize_tsp(D)
     out = []
     for cfg in CONFIGS:
-        model = TSPQwen3Model(cfg)
-        model.init_weights(0)
-        per_length = {}
-        for seq_length in LENGTHS:
-            comm.reset_transfer_counters()
-            train_step(model, full_batch(cfg.vocab_size, BATCH, seq_length))
-            per_length[seq_length] = comm.transfer_counters()
-        out.append(per_length)
+        by_mode = {}
+        for mode in ("none", "full"):
+            model = build_tsp_qwen3(cfg, mode)
+            model.init_weights(0)
+            per_length = by_mode[mode] = {}
+            for seq_length in LENGTHS:
+                comm.reset_transfer_counters()
+                train_step(model, full_batch(cfg.vocab_size, BATCH, seq_length))
+                per_length[seq_length] = comm.transfer_counters()
+        out.append(by_mode)
     ps.destroy_tsp()
     return out
 
 
 @pytest.fixture(scope="module")
-def counters():
+def all_counters():
     return run_distributed(_counters_per_length, D)
+
+
+@pytest.fixture(scope="module")
+def counters(all_counters):
+    """Keeping everything for backward, the default."""
+    return [[by_mode["none"] for by_mode in rank] for rank in all_counters]
 
 
 def _mlp_weight_bytes(cfg):
@@ -69,9 +79,11 @@ def test_mlp_bytes_do_not_depend_on_sequence_length(counters):
             assert short["mlp_weights_grad"] == {"sent": D * shard, "received": D * shard}
 
 
-def test_attention_moves_weights_and_local_kv_heads_only(counters):
-    for rank, rank_counters in enumerate(counters):
-        for cfg, per_length in zip(CONFIGS, rank_counters):
+@pytest.mark.parametrize("mode,gathers", [("none", 1), ("full", 2)])
+def test_attention_moves_weights_and_local_kv_heads_only(all_counters, mode, gathers):
+    for rank_counters in all_counters:
+        for cfg, by_mode in zip(CONFIGS, rank_counters):
+            per_length = by_mode[mode]
             short, long = (per_length[s] for s in LENGTHS)
             assert short["attn_weights"] == long["attn_weights"]
             assert short["attn_weights_grad"] == long["attn_weights_grad"]
@@ -79,9 +91,10 @@ def test_attention_moves_weights_and_local_kv_heads_only(counters):
                 kinds = per_length[seq_length]
                 local_kv = (seq_length // D) * BATCH * 2 * cfg.num_query_groups \
                     * cfg.kv_channels * FP32 * cfg.num_layers
-                # k/v of the local tokens, gathered in forward and again in the recompute
-                assert kinds["attn_kv"]["sent"] == 2 * local_kv
-                assert kinds["attn_kv"]["received"] == 2 * local_kv * (D - 1)
+                # k/v of the local tokens gathered in forward, and again where backward
+                # recomputes the attention core
+                assert kinds["attn_kv"]["sent"] == gathers * local_kv
+                assert kinds["attn_kv"]["received"] == gathers * local_kv * (D - 1)
                 assert kinds["attn_kv_grad"]["sent"] == local_kv * (D - 1)
 
 

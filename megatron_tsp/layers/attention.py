@@ -12,8 +12,9 @@ must be exchanged between all tokens:
 With G >= D kv groups there are D steps, one shard each; with G < D there are G steps and a
 group's rows are spread over D/G owners, broadcast and concatenated (Megatron's row split of the
 interleaved linear_qkv is kept either way). Backward re-broadcasts each step's weights,
-recomputes the step, reduce-scatters dK/dV to the token owners (autograd of the gather) and
-reduces the weight-gradient partials onto the owners.
+recomputes what the step did not keep (layers/recompute.py; never the output projection),
+reduce-scatters dK/dV to the token owners (autograd of the gather) and reduces the
+weight-gradient partials onto the owners.
 """
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from megatron_tsp.comm import ShardBroadcast
 from megatron_tsp.layers.chunk_attention import causal_chunk_attention
 from megatron_tsp.layers.linear import TSPLinear
 from megatron_tsp.layers.norm import RMSNorm, rms_norm
+from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.layers.rotary import apply_rotary
 from megatron_tsp.layout import gather_to_full, local_chunks
 from megatron_tsp.models.config import Qwen3Config
@@ -80,28 +82,105 @@ def zigzag_causal_attention(q: torch.Tensor, k_full: torch.Tensor, v_full: torch
     return torch.cat(outputs).reshape(s, b, hs * hd)
 
 
-def attention_step(x, w_qkv, w_proj, q_norm, k_norm, cos, sin, shape: AttentionShape):
-    """One head-group step on the local tokens: x [s, b, h] -> partial output [s, b, h]."""
-    s, b, _ = x.shape
-    gs, hpg, hd = shape.groups_per_step, shape.heads_per_group, shape.head_dim
-    qkv = (x @ w_qkv.t()).view(s, b, gs, hpg + 2, hd)
-    q = qkv[:, :, :, :hpg].reshape(s, b, gs * hpg, hd)
-    k, v = qkv[:, :, :, hpg], qkv[:, :, :, hpg + 1]
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_()
+
+
+def _qk_norm_rope(qkv, q_norm, k_norm, cos, sin, shape: AttentionShape):
+    """qkv [s, b, gs, hpg + 2, hd] -> q [s, b, hs, hd] and kv [s, 2, b, gs, hd], normalised
+    and rotated."""
+    s, b, gs, hpg = *qkv.shape[:3], shape.heads_per_group
+    q = qkv[:, :, :, :hpg].reshape(s, b, gs * hpg, shape.head_dim)
     q = apply_rotary(rms_norm(q, q_norm, shape.eps), cos, sin)
-    k = apply_rotary(rms_norm(k, k_norm, shape.eps), cos, sin)
-    kv_full = gather_to_full(torch.stack([k, v], dim=1), dim=0, kind="attn_kv")
-    return zigzag_causal_attention(q, kv_full[:, 0], kv_full[:, 1]) @ w_proj.t()
+    k = apply_rotary(rms_norm(qkv[:, :, :, hpg], k_norm, shape.eps), cos, sin)
+    return q, torch.stack([k, qkv[:, :, :, hpg + 1]], dim=1)
+
+
+def _core_attention(q, kv_local):
+    """The step's keys/values gathered over the group (autograd: reduce-scattered back), then
+    attention of the local queries: -> [s, b, hs * hd]."""
+    kv_full = gather_to_full(kv_local, dim=0, kind="attn_kv")
+    return zigzag_causal_attention(q, kv_full[:, 0], kv_full[:, 1])
+
+
+class _Kept:
+    """What one head-group step keeps for backward (layers/recompute.py says which):
+    `qkv` the qkv GEMM's output, to recompute the norms and RoPE from; `leaves` the roots
+    (qkv, q_norm, k_norm) of a kept graph; `q`, `kv` the norms' and RoPE's outputs in that graph
+    when the core is recomputed; `core_inputs` the roots of the core's kept graph when the norms
+    are recomputed; `out` the core's output in its kept graph."""
+
+    def __init__(self):
+        self.qkv = self.leaves = self.q = self.kv = self.core_inputs = self.out = None
+
+
+def _project(x, w_qkv, shape: AttentionShape):
+    s, b, _ = x.shape
+    return (x @ w_qkv.t()).view(s, b, shape.groups_per_step, shape.heads_per_group + 2,
+                                shape.head_dim)
+
+
+def _forward_step(x, w_qkv, norms, cos, sin, shape, recompute: Recompute):
+    """One head-group step: x [s, b, h] -> the core's output [s, b, hs * hd] (no graph), and
+    what backward needs of it."""
+    kept = _Kept()
+    qkv = _project(x, w_qkv, shape)
+    keep_norms = not (recompute.qkv or recompute.norm_rope)
+    keep_core = not (recompute.qkv or recompute.core_attn)
+    if keep_norms:
+        kept.leaves = [qkv.requires_grad_(), *map(_leaf, norms)]
+        with torch.enable_grad():
+            q, kv = _qk_norm_rope(*kept.leaves, cos, sin, shape)
+        if not keep_core:
+            kept.q, kept.kv = q, kv
+    else:
+        if not recompute.qkv:
+            kept.qkv = qkv
+        q, kv = _qk_norm_rope(qkv, *norms, cos, sin, shape)
+    if not keep_core:
+        return _core_attention(q, kv), kept
+    if not keep_norms:
+        q, kv = kept.core_inputs = [_leaf(q), _leaf(kv)]
+    with torch.enable_grad():
+        kept.out = _core_attention(q, kv)
+    return kept.out.detach(), kept
+
+
+def _backward_step(kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape):
+    """Gradients of one step from what it kept, recomputing the rest; never the output
+    projection. -> grad x, w_qkv, w_proj, q_norm, k_norm."""
+    leaves, q, kv = kept.leaves, kept.q, kept.kv
+    with torch.enable_grad():
+        if kept.out is None or kept.core_inputs is not None:
+            if q is None:
+                qkv = kept.qkv if kept.qkv is not None else _project(x, w_qkv, shape)
+                leaves = [_leaf(qkv), *map(_leaf, norms)]
+                q, kv = _qk_norm_rope(*leaves, cos, sin, shape)
+        out = kept.out if kept.out is not None else _core_attention(q, kv)
+    grad_y2, out2 = grad_y.flatten(0, 1), out.detach().flatten(0, 1)
+    grad_w_proj = grad_y2.t() @ out2
+    grad_out = (grad_y2 @ w_proj).view_as(out)
+    if kept.core_inputs is not None:
+        grad_out = torch.autograd.grad(out, kept.core_inputs, grad_out)
+        out = [q, kv]
+    grad_qkv, grad_q_norm, grad_k_norm = torch.autograd.grad(out, leaves, grad_out)
+    grad_qkv2 = grad_qkv.flatten(2).flatten(0, 1)
+    grad_x = (grad_qkv2 @ w_qkv).view_as(x)
+    return grad_x, grad_qkv2.t() @ x.flatten(0, 1), grad_w_proj, grad_q_norm, grad_k_norm
 
 
 class _AttentionSchedule(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_qkv, w_proj, q_norm, k_norm, cos, sin, shape):
+    def forward(ctx, x, w_qkv, w_proj, q_norm, k_norm, cos, sin, shape, recompute):
         ctx.shape = shape
         ctx.save_for_backward(x, w_qkv, w_proj, q_norm, k_norm, cos, sin)
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        ctx.kept = []
         stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
         for _, (wq, wp) in stream:
-            y += attention_step(x, wq, wp, q_norm, k_norm, cos, sin, shape).float()
+            out, kept = _forward_step(x, wq, (q_norm, k_norm), cos, sin, shape, recompute)
+            ctx.kept.append(kept)
+            y += (out @ wp.t()).float()
         return y.to(x.dtype)
 
     @staticmethod
@@ -113,25 +192,27 @@ class _AttentionSchedule(torch.autograd.Function):
         grad_k_norm = torch.zeros_like(grad_q_norm)
         stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
         for step, (wq, wp) in stream:
-            with torch.enable_grad():
-                inputs = [t.detach().requires_grad_() for t in (x, wq, wp, q_norm, k_norm)]
-                y = attention_step(*inputs, cos, sin, shape)
-                dx, dwq, dwp, dqn, dkn = torch.autograd.grad(y, inputs, grad_y)
+            kept, ctx.kept[step] = ctx.kept[step], None  # freed as backward goes
+            dx, dwq, dwp, dqn, dkn = _backward_step(kept, x, wq, wp, grad_y, (q_norm, k_norm),
+                                                    cos, sin, shape)
             grad_x += dx
             grad_q_norm += dqn
             grad_k_norm += dkn
             stream.deliver(step, [dwq, dwp])
         grad_w_qkv, grad_w_proj = stream.owned_grads()
         return (grad_x.to(x.dtype), grad_w_qkv.to(w_qkv.dtype), grad_w_proj.to(w_proj.dtype),
-                grad_q_norm.to(q_norm.dtype), grad_k_norm.to(k_norm.dtype), None, None, None)
+                grad_q_norm.to(q_norm.dtype), grad_k_norm.to(k_norm.dtype), None, None, None,
+                None)
 
 
 class TSPSelfAttention(nn.Module):
     """Megatron SelfAttention's parameters (linear_qkv, linear_proj, q/k_layernorm) under the
     broadcast schedule."""
 
-    def __init__(self, config: Qwen3Config, dtype: torch.dtype = torch.float32):
+    def __init__(self, config: Qwen3Config, dtype: torch.dtype = torch.float32,
+                 recompute: Recompute = NONE):
         super().__init__()
+        self.recompute = recompute
         nh, ng, hd = config.num_attention_heads, config.num_query_groups, config.kv_channels
         self.linear_qkv = TSPLinear((nh + 2 * ng) * hd, config.hidden_size, 0, dtype=dtype)
         self.linear_proj = TSPLinear(config.hidden_size, nh * hd, 1, dtype=dtype)
@@ -143,4 +224,4 @@ class TSPSelfAttention(nn.Module):
         """x_local [s, b, h], cos/sin [s, b, 1, hd] -> y_local [s, b, h]."""
         return _AttentionSchedule.apply(x, self.linear_qkv.weight, self.linear_proj.weight,
                                         self.q_layernorm.weight, self.k_layernorm.weight,
-                                        cos, sin, self.shape)
+                                        cos, sin, self.shape, self.recompute)

@@ -7,9 +7,10 @@ shards as GPTModel at tensor-parallel size D. Inputs are the LOCAL zigzag shard 
 (see megatron_tsp.layout); position ids are the global positions of the local tokens.
 """
 
+import dataclasses
 import math
 import re
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from megatron_tsp.layers.attention import TSPSelfAttention
 from megatron_tsp.layers.linear import TSPLinear, draw_full_normal, is_sharded, shard_of
 from megatron_tsp.layers.mlp import TSPMLP
 from megatron_tsp.layers.norm import RMSNorm
+from megatron_tsp.layers.recompute import MODES, NONE, Recompute, layer_recomputes
 from megatron_tsp.layers.rotary import rotary_cos_sin
 from megatron_tsp.layers.vocab import TSPEmbedding, vocab_cross_entropy, vocab_logits
 from megatron_tsp.models.config import Qwen3Config
@@ -36,13 +38,23 @@ _OUTPUT_PROJECTIONS = ("linear_proj.weight", "linear_fc2.weight")
 _LAYER_NAME = re.compile(r"decoder\.layers\.(\d+)\.(.*)")
 
 
+def _transformer_config(config: Qwen3Config, dtype: torch.dtype, **recompute) -> TransformerConfig:
+    """Megatron's TransformerConfig of the TSP model at the current TSP and pipeline sizes."""
+    D = ps.get_tsp_world_size()
+    # sequence_parallel tells Megatron's finalize_model_grads to sum the replicated params'
+    # gradients over the TP (here: TSP) group, as TSP shards tokens over that group
+    return dataclasses.replace(transformer_config_from_qwen3(
+        config, D, sequence_parallel=D > 1, params_dtype=dtype,
+        pipeline_model_parallel_size=mpu.get_pipeline_model_parallel_world_size()), **recompute)
+
+
 class TSPTransformerLayer(nn.Module):
-    def __init__(self, config: Qwen3Config, dtype: torch.dtype):
+    def __init__(self, config: Qwen3Config, dtype: torch.dtype, recompute: Recompute = NONE):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
-        self.self_attention = TSPSelfAttention(config, dtype)
+        self.self_attention = TSPSelfAttention(config, dtype, recompute)
         self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
-        self.mlp = TSPMLP(config, dtype)
+        self.mlp = TSPMLP(config, dtype, recompute)
 
     def forward(self, hidden, cos, sin):
         hidden = hidden + self.self_attention(self.input_layernorm(hidden), cos, sin)
@@ -53,10 +65,10 @@ class TSPTransformerBlock(nn.Module):
     """This pipeline stage's layers (named from 0, like GPTModel's) and, on the last stage, the
     final norm."""
 
-    def __init__(self, config: Qwen3Config, num_layers: int, post_process: bool,
+    def __init__(self, config: Qwen3Config, recomputes: List[Recompute], post_process: bool,
                  dtype: torch.dtype):
         super().__init__()
-        self.layers = nn.ModuleList(TSPTransformerLayer(config, dtype) for _ in range(num_layers))
+        self.layers = nn.ModuleList(TSPTransformerLayer(config, dtype, r) for r in recomputes)
         if post_process:
             self.final_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
 
@@ -84,20 +96,19 @@ class TSPQwen3Model(MegatronModule):
 
     `qwen3_config` is the model shape; `config` is Megatron's TransformerConfig (what Megatron's
     schedules, DDP and optimizer read), built from the shape when not given. With pipeline
-    parallelism, pre_process / post_process and the stage's layers follow GPTModel.
+    parallelism, pre_process / post_process and the stage's layers follow GPTModel. What each
+    layer keeps for backward follows the config's recompute fields and `recompute_activations`
+    (--tsp-recompute-activations; layers/recompute.py).
     """
 
     def __init__(self, config: Qwen3Config,
                  transformer_config: Optional[TransformerConfig] = None,
                  pre_process: bool = True, post_process: bool = True,
                  dtype: torch.dtype = torch.float32,
-                 pg_collection: Optional[ProcessGroupCollection] = None):
+                 pg_collection: Optional[ProcessGroupCollection] = None,
+                 recompute_activations: bool = False):
         D = ps.get_tsp_world_size()
-        # sequence_parallel tells Megatron's finalize_model_grads to sum the replicated params'
-        # gradients over the TP (here: TSP) group, as TSP shards tokens over that group
-        super().__init__(config=transformer_config or transformer_config_from_qwen3(
-            config, D, sequence_parallel=D > 1, params_dtype=dtype,
-            pipeline_model_parallel_size=mpu.get_pipeline_model_parallel_world_size()))
+        super().__init__(config=transformer_config or _transformer_config(config, dtype))
         self.qwen3_config = config
         # Megatron's training loop reads the model's process groups (TP here is the TSP group)
         self.pg_collection = pg_collection or ProcessGroupCollection.use_mpu_process_groups()
@@ -107,8 +118,9 @@ class TSPQwen3Model(MegatronModule):
         self._input_tensor = None
         if pre_process:
             self.embedding = TSPEmbedding(self.padded_vocab_size, config.hidden_size, dtype)
-        self.decoder = TSPTransformerBlock(config, get_num_layers_to_build(self.config),
-                                           post_process, dtype)
+        recomputes = layer_recomputes(self.config, get_num_layers_to_build(self.config),
+                                      recompute_activations)
+        self.decoder = TSPTransformerBlock(config, recomputes, post_process, dtype)
         self.share_embeddings_and_output_weights = config.tie_word_embeddings
         if post_process:
             if config.tie_word_embeddings and pre_process:
@@ -197,3 +209,12 @@ class TSPQwen3Model(MegatronModule):
             else:
                 full = draw_full_normal(seed, name, param.tsp_full_shape, std)
             param.copy_(shard_of(full, param, p, D))
+
+
+def build_tsp_qwen3(config: Qwen3Config, recompute_mode: str = "none",
+                    dtype: torch.dtype = torch.float32) -> TSPQwen3Model:
+    """TSPQwen3Model recomputing by one of the named modes of layers/recompute.py, as the
+    Megatron flags of that mode would build it."""
+    fields, activations = MODES[recompute_mode]
+    return TSPQwen3Model(config, _transformer_config(config, dtype, **fields), dtype=dtype,
+                         recompute_activations=activations)

@@ -15,6 +15,7 @@ from typing import Dict, Iterable, Set
 
 import torch
 
+from megatron_tsp.layers.recompute import layer_recomputes
 from megatron_tsp.models.config import PRESETS, qwen3_preset
 from megatron_tsp.parallel_state import validate_tsp_config
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
@@ -79,10 +80,12 @@ _DEMO_REPLACED_BY = {"--train-iters": ("--train-samples",),
 # shape flags that are numerics, not sizes: a checkpoint may be trained on with other values
 _ARCHITECTURE_NUMERICS = ("--norm-epsilon", "--rotary-base", "--init-method-std",
                           "--max-position-embeddings")
-# Megatron's activation-recompute flags: TSP's layers decide what they keep
-_RECOMPUTE_FLAGS = ("--recompute-activations", "--recompute-granularity", "--recompute-method",
-                    "--recompute-modules", "--recompute-num-layers",
-                    "--distribute-saved-activations", "--checkpoint-activations")
+# Megatron's activation-recompute flags that TSP's layers cannot honour (the others choose what
+# they keep: layers/recompute.py)
+_UNSUPPORTED_RECOMPUTE_FLAGS = {
+    "--distribute-saved-activations": "TSP already keeps 1/D of every activation per rank",
+    "--checkpoint-activations": "use --recompute-granularity (Megatron exits without training)",
+}
 # what Megatron's validate_args gives --split when --data-path comes without one
 _MEGATRON_DEFAULT_SPLIT = "969, 30, 1"
 _DATA_FLAGS = ("--mock-data", "--data-path", "--train-data-path", "--data-args-path",
@@ -97,6 +100,10 @@ def add_tsp_arguments(parser):
                             "every sequence (takes Megatron's tensor-parallel slot)")
     group.add_argument("--model-size", choices=sorted(PRESETS), default="tiny",
                        help="Qwen3 shape; every shape flag given explicitly overrides it")
+    group.add_argument("--tsp-recompute-activations", action="store_true",
+                       help="recompute the element-wise parts in backward (q/k RMSNorm and RoPE, "
+                            "the SwiGLU activation) and keep only GEMM outputs; combines with "
+                            "Megatron's --recompute-granularity / --recompute-modules")
     group.add_argument("--max-consecutive-nonfinite-iterations", type=int, default=5,
                        help="an iteration whose loss or gradients hold NaN/Inf is skipped, logged "
                             "and counted; this many in a row stop the job (1: stop at the first). "
@@ -148,11 +155,17 @@ def _reject_unsupported_flags(args) -> None:
         if getattr(args, flag[2:].replace("-", "_")):
             raise ValueError(f"{flag} is not supported: TSP attention is causal over the whole "
                              "sequence and has no document masking (positions are 0..S-1)")
-    for flag in _RECOMPUTE_FLAGS:
+    for flag, why in _UNSUPPORTED_RECOMPUTE_FLAGS.items():
         if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
-            raise ValueError(f"{flag} is not supported: TSP recomputes attention and MLP in "
-                             "backward by construction; recompute choices are not "
-                             "configurable yet")
+            raise ValueError(f"{flag} is not supported: {why}")
+    # Megatron ignores these without the granularity they belong to: the run would not do what
+    # they say
+    for flag, needs in (("--recompute-method", "full"), ("--recompute-num-layers", "full"),
+                        ("--recompute-modules", "selective")):
+        if getattr(args, flag[2:].replace("-", "_")) is not None \
+                and args.recompute_granularity != needs:
+            raise ValueError(f"{flag} needs --recompute-granularity {needs}")
+    layer_recomputes(args, 1, args.tsp_recompute_activations)  # raises for what TSP cannot do
 
 
 def _whole_checkpoint_args(args):

@@ -36,7 +36,8 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     args.tsp_vocab_size = vocab_size  # saved with the checkpoint: the unpadded vocabulary
     model = TSPQwen3Model(qwen3_config_from_args(args, vocab_size), config,
                           pre_process=pre_process, post_process=post_process,
-                          dtype=config.params_dtype, pg_collection=pg_collection)
+                          dtype=config.params_dtype, pg_collection=pg_collection,
+                          recompute_activations=args.tsp_recompute_activations)
     model.init_weights(args.seed)
     return model
 
