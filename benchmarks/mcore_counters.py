@@ -13,14 +13,16 @@ megatron_tsp.comm's counters with the same convention as the TSP transfers:
 
 Kinds: `tp_all_reduce`, `sp_all_gather`, `sp_reduce_scatter` (activations and their gradients),
 `vocab_loss` (all-reduces issued by the vocab-parallel cross entropy), `replicated_grads` (the
-norms' gradient sum in finalize_model_grads).
+norms' gradient sum in finalize_model_grads). A blocking call's duration is its exposed
+communication (megatron_tsp.comm.exposed); Megatron's few asynchronous calls count only their
+issue.
 """
 
 import sys
 
 import torch.distributed as dist
 
-from megatron_tsp.comm import count_bytes
+from megatron_tsp.comm import count_bytes, exposed
 
 _CALLER_KINDS = {
     "megatron.core.tensor_parallel.cross_entropy": "vocab_loss",
@@ -40,27 +42,31 @@ def _group_size(group) -> int:
 
 def _count_all_reduce(real):
     def all_reduce(tensor, *args, group=None, **kwargs):
-        size = _group_size(group)
+        size, kind = _group_size(group), _kind("tp_all_reduce")
         if size > 1:  # megatron's cross entropy all-reduces even over a group of one
             moved = 2 * tensor.numel() * tensor.element_size() * (size - 1) // size
-            count_bytes(_kind("tp_all_reduce"), sent=moved, received=moved)
-        return real(tensor, *args, group=group, **kwargs)
+            count_bytes(kind, sent=moved, received=moved)
+        with exposed(kind):
+            return real(tensor, *args, group=group, **kwargs)
     return all_reduce
 
 
 def _count_all_gather_into_tensor(real):
     def all_gather_into_tensor(output, input_, group=None, **kwargs):
-        n = input_.numel() * input_.element_size()
-        count_bytes(_kind("sp_all_gather"), sent=n, received=n * (_group_size(group) - 1))
-        return real(output, input_, group=group, **kwargs)
+        n, kind = input_.numel() * input_.element_size(), _kind("sp_all_gather")
+        count_bytes(kind, sent=n, received=n * (_group_size(group) - 1))
+        with exposed(kind):
+            return real(output, input_, group=group, **kwargs)
     return all_gather_into_tensor
 
 
 def _count_reduce_scatter_tensor(real):
     def reduce_scatter_tensor(output, input_, group=None, **kwargs):
         moved = output.numel() * output.element_size() * (_group_size(group) - 1)
-        count_bytes(_kind("sp_reduce_scatter"), sent=moved, received=moved)
-        return real(output, input_, group=group, **kwargs)
+        kind = _kind("sp_reduce_scatter")
+        count_bytes(kind, sent=moved, received=moved)
+        with exposed(kind):
+            return real(output, input_, group=group, **kwargs)
     return reduce_scatter_tensor
 
 

@@ -4,7 +4,8 @@ Per length: one unmeasured warm-up step (the first creates Adam's state; each re
 that depend on the sequence length, e.g. Megatron's global buffer, as a real run has done after
 its first step), then `measured_steps` steps, each between barriers, each timed and measured for
 peak memory (benchmarks.memory.PeakMemory); the transfer counters (megatron_tsp.comm: bytes sent
-and received by kind) and the memory are those of the last one.
+and received by kind) and the memory are those of the last one; the seconds spent waiting on
+each kind of transfer (exposed communication) are kept for every measured step.
 """
 
 import time
@@ -44,8 +45,8 @@ def _measured_step(run: SchemeRank, batch) -> Dict:
     start = _now()
     with PeakMemory() as memory:
         loss = run.step(batch, memory)
-    return {"loss": loss, "time_s": _now() - start,
-            "memory": memory.report.as_dict(), "transfers": comm.transfer_counters()}
+    return {"loss": loss, "time_s": _now() - start, "memory": memory.report.as_dict(),
+            "transfers": comm.transfer_counters(), "exposed_s": comm.exposed_communication()}
 
 
 def measure_scheme(scheme: str, config: dict, group_size: int, seq_lengths: List[int],
@@ -66,8 +67,21 @@ def measure_scheme(scheme: str, config: dict, group_size: int, seq_lengths: List
                 "step_time_s": [s["time_s"] for s in steps],
                 "memory": steps[-1]["memory"],
                 "transfers": steps[-1]["transfers"],
+                "exposed_s": [s["exposed_s"] for s in steps],
                 **run.model_state_bytes(),
             })
         return {"rank": dist.get_rank(), "matmul_gflops": gflops, "lengths": per_length}
     finally:
         run.close()
+
+
+
+def matmul_rate() -> float:
+    """Rank body: this rank's matmul GFLOP/s while every other rank measures its own (the
+    emulated links are set from it)."""
+    from megatron_tsp import parallel_state as ps
+    ps.initialize_tsp(1)
+    try:
+        return matmul_gflops()
+    finally:
+        ps.destroy_tsp()

@@ -1,8 +1,8 @@
 """The benchmark's outputs: the JSON (stable schema), a Markdown table and PNG plots.
 
-JSON schema, version 1 (sizes in bytes, times in seconds; `*_max` is the maximum over ranks):
+JSON schema, version 2 (sizes in bytes, times in seconds; `*_max` is the maximum over ranks):
 
-    schema_version            int    1
+    schema_version            int    2
     benchmark                 str    "compare_parallelism"
     created_utc               str    ISO 8601
     command                   str    the command line
@@ -14,14 +14,20 @@ JSON schema, version 1 (sizes in bytes, times in seconds; `*_max` is the maximum
     micro_batch_size          int
     dtype                     str
     seq_lengths               list   of int
+    repeats                   int    launches of every scheme, interleaved (tsp, tp, ..., tsp, ...)
     runs                      list   one per (scheme, sequence length):
       scheme, group_size (1 for single), seq_length, tokens_per_step, loss, step_time_s (median
-      over measured steps of the slowest rank), tokens_per_s (tokens of the group per second),
-      matmul_gflops_per_rank (mean over ranks), peak_bytes_max, sent_bytes_max,
-      received_bytes_max, predicted {peak_bytes, sent_bytes, received_bytes} (megatron_tsp
-      planner), per_rank: list of {rank, peak_bytes, live_at_start_bytes, forward_end_bytes,
+      over the repeats of each repeat's median measured step of the slowest rank),
+      step_time_repeats_s (list, one per repeat), step_time_spread_s (max - min of those),
+      tokens_per_s (tokens of the group per second at the median), matmul_gflops_per_rank (mean
+      over ranks), peak_bytes_max, sent_bytes_max, received_bytes_max, exposed_s_max (seconds
+      the busiest rank waited on communication in a measured step, median over the repeats),
+      exposed_s_by_kind {kind: seconds, max over ranks, median over the repeats}, predicted
+      {peak_bytes, sent_bytes, received_bytes} (megatron_tsp planner), per_rank (of the last
+      repeat): list of {rank, peak_bytes, live_at_start_bytes, forward_end_bytes,
       rss_start_bytes, rss_peak_bytes, params_bytes, grads_bytes, optimizer_bytes, step_time_s
-      (list), transfers {kind: {sent, received}}}
+      (list), transfers {kind: {sent, received}}, exposed_s (list per measured step of
+      {kind: seconds})}
 """
 
 import json
@@ -29,22 +35,23 @@ import statistics
 from pathlib import Path
 from typing import Dict, List
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TOP_LEVEL_TYPES = {
     "schema_version": int, "benchmark": str, "created_utc": str, "command": str,
     "machine": dict, "network": dict, "memory_method": str, "model": dict, "group_size": int,
-    "micro_batch_size": int, "dtype": str, "seq_lengths": list, "runs": list,
+    "micro_batch_size": int, "dtype": str, "seq_lengths": list, "repeats": int, "runs": list,
 }
 RUN_TYPES = {
     "scheme": str, "group_size": int, "seq_length": int, "tokens_per_step": int, "loss": float,
-    "step_time_s": float, "tokens_per_s": float, "matmul_gflops_per_rank": float,
-    "peak_bytes_max": int, "sent_bytes_max": int, "received_bytes_max": int, "predicted": dict,
-    "per_rank": list,
+    "step_time_s": float, "step_time_repeats_s": list, "step_time_spread_s": float,
+    "tokens_per_s": float, "matmul_gflops_per_rank": float, "peak_bytes_max": int,
+    "sent_bytes_max": int, "received_bytes_max": int, "exposed_s_max": float,
+    "exposed_s_by_kind": dict, "predicted": dict, "per_rank": list,
 }
 RANK_TYPES = {
     "rank": int, "peak_bytes": int, "live_at_start_bytes": int, "forward_end_bytes": int,
     "rss_start_bytes": int, "rss_peak_bytes": int, "params_bytes": int, "grads_bytes": int,
-    "optimizer_bytes": int, "step_time_s": list, "transfers": dict,
+    "optimizer_bytes": int, "step_time_s": list, "transfers": dict, "exposed_s": list,
 }
 PREDICTED_TYPES = {"peak_bytes": int, "sent_bytes": int, "received_bytes": int}
 MIB = 2 ** 20
@@ -68,16 +75,21 @@ def run_record(scheme: str, group_size: int, seq_length: int, micro_batch_size: 
             "rss_peak_bytes": m["memory"]["rss_peak_bytes"],
             "params_bytes": m["params_bytes"], "grads_bytes": m["grads_bytes"],
             "optimizer_bytes": m["optimizer_bytes"], "step_time_s": m["step_time_s"],
-            "transfers": m["transfers"],
+            "transfers": m["transfers"], "exposed_s": m["exposed_s"],
         })
     # a step ends when its slowest rank ends
     step_times = [max(times) for times in zip(*(p["step_time_s"] for p in per_rank))]
     step_time = statistics.median(step_times)
     tokens = micro_batch_size * seq_length
+    last_steps = [p["exposed_s"][-1] for p in per_rank]
+    kinds = sorted({kind for step in last_steps for kind in step})
     return {
         "scheme": scheme, "group_size": group_size, "seq_length": seq_length,
         "tokens_per_step": tokens, "loss": float(ranks[0]["lengths"][index]["loss"]),
-        "step_time_s": step_time, "tokens_per_s": tokens / step_time,
+        "step_time_s": step_time, "step_time_repeats_s": [step_time],
+        "step_time_spread_s": 0.0, "tokens_per_s": tokens / step_time,
+        "exposed_s_max": max(sum(step.values()) for step in last_steps),
+        "exposed_s_by_kind": {k: max(step.get(k, 0.0) for step in last_steps) for k in kinds},
         "matmul_gflops_per_rank": statistics.mean(r["matmul_gflops"] for r in ranks),
         "peak_bytes_max": max(p["peak_bytes"] for p in per_rank),
         "sent_bytes_max": max(_total(p["transfers"], "sent") for p in per_rank),
@@ -86,15 +98,34 @@ def run_record(scheme: str, group_size: int, seq_length: int, micro_batch_size: 
     }
 
 
+def merge_repeats(records: List[dict]) -> dict:
+    """One `runs` entry from the same (scheme, length) measured in several launches: medians
+    over the repeats, their spread; memory, bytes and per_rank of the last launch (they do not
+    change from one launch to the next)."""
+    merged = dict(records[-1])
+    times = [r["step_time_s"] for r in records]
+    merged["step_time_s"] = statistics.median(times)
+    merged["step_time_repeats_s"] = times
+    merged["step_time_spread_s"] = max(times) - min(times)
+    merged["tokens_per_s"] = merged["tokens_per_step"] / merged["step_time_s"]
+    merged["exposed_s_max"] = statistics.median(r["exposed_s_max"] for r in records)
+    kinds = sorted({k for r in records for k in r["exposed_s_by_kind"]})
+    merged["exposed_s_by_kind"] = {
+        k: statistics.median(r["exposed_s_by_kind"].get(k, 0.0) for r in records) for k in kinds}
+    return merged
+
+
 def write_json(results: dict, path: Path) -> None:
     path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def markdown(results: dict) -> str:
-    """Tables per sequence length: memory, bytes, time, planner prediction, loss."""
+    """Tables per sequence length: memory, bytes, time (median of the repeats and their spread),
+    exposed communication, planner prediction, loss; then exposed communication by kind."""
     model, net = results["model"], results["network"]
     link = ("loopback" if net["mode"] == "loopback" else
-            f"emulated link {net['bandwidth_mbit']} Mbit/s, {net['latency_ms']} ms")
+            f"emulated link {net['bandwidth_mbit']} Mbit/s, {net['latency_ms']} ms"
+            + (f" ({net['fabric']})" if net.get("fabric") else ""))
     lines = [
         f"# Parallelism comparison: D = {results['group_size']}, {link}", "",
         f"Model: {model['num_layers']} layers, hidden {model['hidden_size']}, "
@@ -103,23 +134,32 @@ def markdown(results: dict) -> str:
         f"micro-batch {results['micro_batch_size']}, {results['dtype']}. Machine: "
         f"{results['machine']['cpu_count']} CPU cores ({results['machine']['device']}). "
         f"Memory: {results['memory_method']}.", "",
-        "Per rank, maximum over the ranks; MiB = 2^20 bytes; step time of the slowest rank; "
-        "`x tsp` = step time / TSP's step time (same run, side by side).", "",
+        f"Per rank, maximum over the ranks; MiB = 2^20 bytes; step time of the slowest rank, "
+        f"median of {results['repeats']} interleaved launches (spread = slowest - fastest); "
+        "`x tsp` = step time / TSP's step time; exposed = seconds the busiest rank waited on "
+        "communication in a step.", "",
     ]
     for seq_length in results["seq_lengths"]:
         runs = [r for r in results["runs"] if r["seq_length"] == seq_length]
         tsp_time = next((r["step_time_s"] for r in runs if r["scheme"] == "tsp"), None)
         lines += [f"## {seq_length} tokens", "",
                   "| scheme | D | peak MiB | planner MiB | sent MiB | received MiB | "
-                  "step s | x tsp | tokens/s | loss |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "step s | spread s | x tsp | tokens/s | exposed s | exposed % | loss |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             ratio = f"{r['step_time_s'] / tsp_time:.2f}" if tsp_time else "-"
             lines.append(
                 f"| {r['scheme']} | {r['group_size']} | {r['peak_bytes_max'] / MIB:.1f} | "
                 f"{r['predicted']['peak_bytes'] / MIB:.1f} | {r['sent_bytes_max'] / MIB:.1f} | "
-                f"{r['received_bytes_max'] / MIB:.1f} | {r['step_time_s']:.2f} | {ratio} | "
-                f"{r['tokens_per_s']:.0f} | {r['loss']:.5f} |")
+                f"{r['received_bytes_max'] / MIB:.1f} | {r['step_time_s']:.2f} | "
+                f"{r['step_time_spread_s']:.2f} | {ratio} | {r['tokens_per_s']:.0f} | "
+                f"{r['exposed_s_max']:.2f} | {100 * r['exposed_s_max'] / r['step_time_s']:.0f} | "
+                f"{r['loss']:.5f} |")
+        lines += ["", "Exposed communication by transfer kind (s, busiest rank per kind):", ""]
+        for r in runs:
+            kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+                r["exposed_s_by_kind"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
+            lines.append(f"- {r['scheme']}: {kinds or 'none'}")
         lines.append("")
     return "\n".join(lines)
 

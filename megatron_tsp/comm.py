@@ -9,7 +9,9 @@ Byte accounting (per rank, payload only, so formulas stay algorithm-independent)
   point-to-point of N bytes   sender sent N; receiver received N
 """
 
+import time
 from collections import defaultdict
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -18,6 +20,7 @@ import torch.distributed as dist
 from megatron_tsp import parallel_state as ps
 
 _counters: Dict[str, Dict[str, int]] = defaultdict(lambda: {"sent": 0, "received": 0})
+_exposed_s: Dict[str, float] = defaultdict(float)
 
 
 def count_bytes(kind: str, sent: int = 0, received: int = 0) -> None:
@@ -32,15 +35,34 @@ def transfer_counters() -> Dict[str, Dict[str, int]]:
 
 def reset_transfer_counters() -> None:
     _counters.clear()
+    _exposed_s.clear()
+
+
+def exposed_communication() -> Dict[str, float]:
+    """Seconds this rank spent waiting on transfers since the last reset, by kind: a blocking
+    collective whole, an asynchronous one from its wait to its completion (what computation did
+    not hide). Host time: on CPU (gloo) waits block; on a GPU they enqueue a stream wait, so
+    these measure CPU runs."""
+    return dict(_exposed_s)
+
+
+@contextmanager
+def exposed(kind: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _exposed_s[kind] += time.perf_counter() - start
 
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def wait_all(handles: Sequence) -> None:
-    for h in handles:
-        h.wait()
+def wait_all(handles: Sequence, kind: str) -> None:
+    with exposed(kind):
+        for h in handles:
+            h.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,24 +103,27 @@ def all_reduce_sum(tensor: torch.Tensor, kind: str, group=None) -> torch.Tensor:
     if D > 1:
         moved = 2 * _nbytes(tensor) * (D - 1) // D
         count_bytes(kind, sent=moved, received=moved)
-        dist.all_reduce(tensor, group=group)
+        with exposed(kind):
+            dist.all_reduce(tensor, group=group)
     return tensor
 
 
-def _all_gather_dim0(local: torch.Tensor, kind: str) -> torch.Tensor:
+def _all_gather_dim0(local: torch.Tensor, kind: str, group) -> torch.Tensor:
     D = ps.get_tsp_world_size()
     count_bytes(kind, sent=_nbytes(local), received=_nbytes(local) * (D - 1))
     parts = [torch.empty_like(local) for _ in range(D)]
-    dist.all_gather(parts, local.contiguous(), group=ps.get_tsp_group())
+    with exposed(kind):
+        dist.all_gather(parts, local.contiguous(), group=group)
     return torch.cat(parts, dim=0)
 
 
-def _reduce_scatter_dim0(full: torch.Tensor, kind: str) -> torch.Tensor:
+def _reduce_scatter_dim0(full: torch.Tensor, kind: str, group) -> torch.Tensor:
     D = ps.get_tsp_world_size()
     out = torch.empty((full.shape[0] // D,) + tuple(full.shape[1:]), dtype=full.dtype,
                       device=full.device)
     count_bytes(kind, sent=_nbytes(out) * (D - 1), received=_nbytes(out) * (D - 1))
-    dist.reduce_scatter_single(out, full.contiguous(), group=ps.get_tsp_group())
+    with exposed(kind):
+        dist.reduce_scatter_single(out, full.contiguous(), group=group)
     return out
 
 
@@ -106,20 +131,21 @@ class _GatherAlongSequence(torch.autograd.Function):
     """all-gather along dim 0 in rank order; backward reduce-scatters the gradient to owners."""
 
     @staticmethod
-    def forward(ctx, local, kind):
-        ctx.kind = kind
-        return _all_gather_dim0(local, kind)
+    def forward(ctx, local, kind, group):
+        ctx.kind, ctx.group = kind, group
+        return _all_gather_dim0(local, kind, group)
 
     @staticmethod
     def backward(ctx, grad_full):
-        return _reduce_scatter_dim0(grad_full, ctx.kind + "_grad"), None
+        return _reduce_scatter_dim0(grad_full, ctx.kind + "_grad", ctx.group), None, None
 
 
-def gather_along_sequence(local: torch.Tensor, kind: str) -> torch.Tensor:
-    """x_local [n, ...] on each rank -> [D*n, ...] in rank order, on every rank (autograd)."""
+def gather_along_sequence(local: torch.Tensor, kind: str, group=None) -> torch.Tensor:
+    """x_local [n, ...] on each rank -> [D*n, ...] in rank order, on every rank (autograd), over
+    the TSP group or `group` (the same ranks)."""
     if ps.get_tsp_world_size() == 1:
         return local
-    return _GatherAlongSequence.apply(local, kind)
+    return _GatherAlongSequence.apply(local, kind, group or ps.get_tsp_group())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +191,7 @@ class ShardBroadcast:
             bufs, work = pending
             if step + 1 < self.num_steps:
                 pending = self._fetch(step + 1)
-            wait_all(work)
+            wait_all(work, self.kind)
             yield step, self._assemble(bufs)
 
     def deliver(self, step: int, grads: Sequence[torch.Tensor]) -> None:
@@ -185,7 +211,7 @@ class ShardBroadcast:
                     self._reduce_work.append(reduce_to_owner(block, owner, self.kind + "_grad"))
 
     def owned_grads(self) -> List[torch.Tensor]:
-        wait_all(self._reduce_work)
+        wait_all(self._reduce_work, self.kind + "_grad")
         assert self._own_grad_buffers is not None
         return self._own_grad_buffers
 
@@ -200,7 +226,7 @@ class _Visit:
     def accumulate(self, grads: Sequence[torch.Tensor]) -> None:
         """Add this rank's contribution to the visiting shard's gradient, then pass it on."""
         ring = self.ring
-        wait_all(ring._acc_work)
+        wait_all(ring._acc_work, ring.kind + "_grad")
         for acc, g in zip(ring._acc, grads):
             acc.add_(g.float())
         if ring.D > 1:
@@ -231,12 +257,12 @@ class ShardRing:
                 incoming = [torch.empty_like(t) for t in current]
                 work = ring_shift(current, incoming, self.kind)
             yield _Visit(self, (self.p - step) % self.D, current)
-            wait_all(work)
+            wait_all(work, self.kind)
             current = incoming
 
     def owned_grads(self) -> List[torch.Tensor]:
         """The summed gradient of this rank's own shard (after the ring has run)."""
-        wait_all(self._acc_work)
+        wait_all(self._acc_work, self.kind + "_grad")
         return self._acc
 
 

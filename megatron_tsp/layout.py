@@ -45,18 +45,20 @@ def scatter_to_local(full: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([chunks[k] for k in local_chunks(p, D)], dim=dim)
 
 
-def gather_to_full(local: torch.Tensor, dim: int, kind: str = "layout_gather") -> torch.Tensor:
+def gather_to_full(local: torch.Tensor, dim: int, kind: str = "layout_gather",
+                   group=None) -> torch.Tensor:
     """Rebuild the full sequence on every rank from the local shards (autograd: reduce-scatter).
 
     Gathered in rank order, rank r's first chunk is global chunk r and its second chunk global
     chunk 2D-1-r: the first halves in rank order, then the second halves in reverse rank order,
-    are the sequence (views and one concatenation: no permutation index).
+    are the sequence (views and one concatenation: no permutation index). Over the TSP group,
+    or `group` (the same ranks).
     """
     D = ps.get_tsp_world_size()
     if D == 1:
         return local
     moved = local.movedim(dim, 0)
-    gathered = gather_along_sequence(moved, kind)  # [D * 2c, ...] in rank order
+    gathered = gather_along_sequence(moved, kind, group)  # [D * 2c, ...] in rank order
     by_rank = gathered.view((D, 2, moved.shape[0] // 2) + tuple(moved.shape[1:]))
     in_order = [by_rank[r, 0] for r in range(D)] + [by_rank[r, 1] for r in reversed(range(D))]
     return torch.cat(in_order).movedim(0, dim)

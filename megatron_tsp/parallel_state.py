@@ -7,7 +7,7 @@ this module names them for what they are here and validates sizes before any gro
 
 import os
 from datetime import timedelta
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -98,11 +98,29 @@ def initialize_tsp(tsp_size: int, pipeline_model_parallel_size: int = 1,
 
 
 def destroy_tsp() -> None:
+    _kv_groups.clear()
     mpu.destroy_model_parallel()
 
 
 def get_tsp_group() -> dist.ProcessGroup:
     return mpu.get_tensor_model_parallel_group()
+
+
+_kv_groups: Dict[dist.ProcessGroup, dist.ProcessGroup] = {}
+
+
+def get_tsp_kv_group() -> dist.ProcessGroup:
+    """The TSP group's ranks again, for the keys/values alone. On NCCL one group's operations
+    run in the order they were issued, so on the TSP group the K/V all-gather would wait behind
+    the next head-group's weight broadcast, already in flight. Made on first use by the group's
+    ranks only (every rank of a TSP group runs the same layers at the same time)."""
+    group = get_tsp_group()
+    if get_tsp_world_size() == 1:
+        return group
+    if group not in _kv_groups:
+        _kv_groups[group] = dist.new_group(dist.get_process_group_ranks(group),
+                                           use_local_synchronization=True)
+    return _kv_groups[group]
 
 
 def get_tsp_rank() -> int:

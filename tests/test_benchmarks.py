@@ -53,14 +53,22 @@ def _check_types(record: dict, types: dict, where: str) -> None:
 
 def test_json_schema_is_stable(tmp_path):
     benchmark_main(TINY + ["--seq-lengths", "32", "64", "--group-size", "2",
-                           "--schemes", "tsp", "--output-dir", str(tmp_path),
-                           "--name", "run"])
+                           "--schemes", "tsp", "tp", "--repeats", "2",
+                           "--output-dir", str(tmp_path), "--name", "run"])
     results = json.loads((tmp_path / "run.json").read_text())
     _check_types(results, report.TOP_LEVEL_TYPES, "top level")
-    assert results["schema_version"] == 1 and results["network"] == {"mode": "loopback"}
-    assert [(r["scheme"], r["seq_length"]) for r in results["runs"]] == [("tsp", 32), ("tsp", 64)]
+    assert results["schema_version"] == 2 and results["network"] == {"mode": "loopback"}
+    assert [(r["scheme"], r["seq_length"]) for r in results["runs"]] == [
+        ("tsp", 32), ("tsp", 64), ("tp", 32), ("tp", 64)]
     for run in results["runs"]:
         _check_types(run, report.RUN_TYPES, run["scheme"])
+        times = run["step_time_repeats_s"]
+        assert len(times) == 2 and run["step_time_s"] == sum(times) / 2
+        assert run["step_time_spread_s"] == max(times) - min(times)
+        # every rank waits on some communication; never longer than its step
+        assert 0 < run["exposed_s_max"] < max(times)
+        assert set(run["exposed_s_by_kind"]) <= {kind for r in run["per_rank"]
+                                                 for kind in r["transfers"]}
         _check_types(run["predicted"], report.PREDICTED_TYPES, "predicted")
         assert len(run["per_rank"]) == run["group_size"]
         for rank in run["per_rank"]:
@@ -77,6 +85,8 @@ def test_json_schema_is_stable(tmp_path):
     (["--seq-lengths", "34"], "--seq-lengths"),
     (["--ffn-hidden-size", "63"], "--ffn-hidden-size"),
     (["--emulate-link", "fast"], "--emulate-link"),
+    (["--repeats", "0"], "--repeats"),
+    (["--fabric", "h100-node", "--emulate-link", "100"], "--fabric"),
 ])
 def test_flag_errors_name_the_flag(extra, flag, tmp_path):
     argv = TINY + ["--group-size", "2", "--seq-lengths", "64", "--output-dir", str(tmp_path)]

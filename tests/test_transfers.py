@@ -110,3 +110,36 @@ def test_attention_weight_broadcast_bytes(counters):
             assert kinds["attn_weights"] == {"sent": 2 * shard, "received": 2 * (D - 1) * shard}
             assert kinds["attn_weights_grad"] == {"sent": (D - 1) * shard,
                                                   "received": (D - 1) * shard}
+
+
+def _kv_gather_groups():
+    """The group of every all-gather of one step and the TSP group, at D = 2."""
+    import torch.distributed as dist
+    from megatron_tsp.models.qwen3 import build_tsp_qwen3
+    ps.initialize_tsp(2)
+    seen, all_gather = [], dist.all_gather
+
+    def recording(*args, group=None, **kwargs):
+        seen.append(group)
+        return all_gather(*args, group=group, **kwargs)
+
+    dist.all_gather = recording
+    try:
+        cfg = tiny_config(heads=8, groups=2)
+        model = build_tsp_qwen3(cfg)
+        model.init_weights(0)
+        train_step(model, full_batch(cfg.vocab_size, BATCH, 16))
+        tsp = ps.get_tsp_group()
+        return ([dist.get_process_group_ranks(g) for g in seen], seen.count(tsp),
+                dist.get_process_group_ranks(tsp))
+    finally:
+        dist.all_gather = all_gather
+        ps.destroy_tsp()
+
+
+def test_keys_and_values_travel_on_a_group_of_their_own():
+    # on NCCL one group's operations run in order: on the TSP group the K/V all-gather would
+    # queue behind the next head-group's weight broadcast, already in flight
+    for ranks, on_tsp_group, tsp_ranks in run_distributed(_kv_gather_groups, 2):
+        assert ranks and all(r == tsp_ranks for r in ranks)
+        assert on_tsp_group == 0

@@ -97,9 +97,10 @@ def _qk_norm_rope(qkv, q_norm, k_norm, cos, sin, shape: AttentionShape):
 
 
 def _core_attention(q, kv_local):
-    """The step's keys/values gathered over the group (autograd: reduce-scattered back), then
-    attention of the local queries: -> [s, b, hs * hd]."""
-    kv_full = gather_to_full(kv_local, dim=0, kind="attn_kv")
+    """The step's keys/values gathered over the group (autograd: reduce-scattered back), on a
+    group of their own so they never wait behind a weight transfer, then attention of the local
+    queries: -> [s, b, hs * hd]."""
+    kv_full = gather_to_full(kv_local, dim=0, kind="attn_kv", group=ps.get_tsp_kv_group())
     return zigzag_causal_attention(q, kv_full[:, 0], kv_full[:, 1])
 
 
