@@ -159,7 +159,8 @@ def run(args: argparse.Namespace, network: Optional[EmulatedNetwork]) -> dict:
     return {
         "schema_version": report.SCHEMA_VERSION, "benchmark": "compare_parallelism",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "command": " ".join(sys.argv), "machine": _machine(),
+        "command": " ".join(["python -m benchmarks.compare_parallelism", *sys.argv[1:]]),
+        "machine": _machine(),
         "network": network.link.as_dict() if network else {"mode": "loopback"},
         "memory_method": GPU_METHOD if torch.cuda.is_available() else CPU_METHOD,
         "model": vars(cfg), "group_size": D, "micro_batch_size": b, "dtype": "float32",

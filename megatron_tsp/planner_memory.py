@@ -148,17 +148,19 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     """The larger of two moments.
     Output layer backward, a visiting shard (its copy and the prefetched one, the fp32 input and
     input-gradient [s, h] alive throughout), at the larger of: its logits [s, Vp/D] being made,
-    the matmul's (e bytes) and their fp32 copy, which becomes the probabilities in place, with the
-    travelling fp32 gradient accumulator; or its gradient being passed on, the probabilities with
-    three fp32 accumulators (this rank's partial, the travelling and the incoming one). Both
-    measured on fake GPU tensors (tests/test_fake_gpu.py) and on CPU (tests/test_planner.py).
+    the matmul's (e bytes) and, below fp32, their fp32 copy, which becomes the probabilities in
+    place, with the travelling fp32 gradient accumulator; or its gradient being passed on, the
+    probabilities with three fp32 accumulators (this rank's partial, the travelling and the
+    incoming one). Both measured on fake GPU tensors (tests/test_fake_gpu.py) and on CPU
+    (tests/test_planner.py).
     Last layer's attention backward, one head-group step: about four copies of the step's
     keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
     gradient; one of them kept since forward when the core is), four fp32 [s, h] gradient
     tensors, less the last layer's pre-MLP norm and the final norm already freed."""
     s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
     shard = cfg.padded_vocab_size(D) // D
-    logits_made = s * shard * (FP32 + e) + shard * h * FP32
+    copy = e if e < FP32 else 0  # an fp32 matmul's logits are their own fp32 copy
+    logits_made = s * shard * (FP32 + copy) + shard * h * FP32
     gradient_passed = s * shard * FP32 + 3 * shard * h * FP32
     vocab = max(logits_made, gradient_passed) + 2 * shard * h * e + 2 * s * h * FP32
     steps = min(cfg.num_query_groups, D)

@@ -152,11 +152,10 @@ def _backward_step(kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape
     projection. -> grad x, w_qkv, w_proj, q_norm, k_norm."""
     leaves, q, kv = kept.leaves, kept.q, kept.kv
     with torch.enable_grad():
-        if kept.out is None or kept.core_inputs is not None:
-            if q is None:
-                qkv = kept.qkv if kept.qkv is not None else _project(x, w_qkv, shape)
-                leaves = [_leaf(qkv), *map(_leaf, norms)]
-                q, kv = _qk_norm_rope(*leaves, cos, sin, shape)
+        if leaves is None:  # the norms and RoPE were not kept
+            qkv = kept.qkv if kept.qkv is not None else _project(x, w_qkv, shape)
+            leaves = [_leaf(qkv), *map(_leaf, norms)]
+            q, kv = _qk_norm_rope(*leaves, cos, sin, shape)
         out = kept.out if kept.out is not None else _core_attention(q, kv)
     grad_y2, out2 = grad_y.flatten(0, 1), out.detach().flatten(0, 1)
     grad_w_proj = grad_y2.t() @ out2
