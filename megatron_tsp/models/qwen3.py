@@ -108,10 +108,18 @@ class TSPQwen3Model(MegatronModule):
                  pg_collection: Optional[ProcessGroupCollection] = None,
                  recompute_activations: bool = False):
         D = ps.get_tsp_world_size()
-        super().__init__(config=transformer_config or _transformer_config(config, dtype))
+        if transformer_config is None:
+            transformer_config = _transformer_config(config, dtype)
+        else:  # see _transformer_config: whoever built it, TSP shards tokens over its group
+            transformer_config = dataclasses.replace(transformer_config, sequence_parallel=D > 1)
+        super().__init__(config=transformer_config)
         self.qwen3_config = config
-        # Megatron's training loop reads the model's process groups (TP here is the TSP group)
+        # Megatron's training loop reads the model's process groups; the layers stream over the
+        # TSP group, so a collection whose tensor-parallel group is another would be a lie
         self.pg_collection = pg_collection or ProcessGroupCollection.use_mpu_process_groups()
+        if self.pg_collection.tp is not ps.get_tsp_group():
+            raise ValueError("pg_collection.tp must be the TSP group "
+                             "(megatron_tsp.parallel_state.get_tsp_group())")
         self.pre_process, self.post_process = pre_process, post_process
         self.padded_vocab_size = config.padded_vocab_size(D)
         self.layer_offset = get_transformer_layer_offset(self.config)

@@ -5,7 +5,6 @@ counts, the pair is summed over the TSP group, and each rank backpropagates its 
 the global count (Megatron's schedule divides by the count it is handed).
 """
 
-import dataclasses
 import resource
 import time
 from functools import partial
@@ -28,9 +27,6 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     """The TSP Qwen3 model of this pipeline stage, initialised from --seed whatever D is."""
     args = get_args()
     config = config or core_transformer_config_from_args(args)
-    # Megatron's finalize_model_grads sums the replicated params' gradients over the TP (= TSP)
-    # group only when sequence_parallel is set; TSP shards tokens over that group.
-    config = dataclasses.replace(config, sequence_parallel=args.tsp_size > 1)
     vocab_size = get_tokenizer().vocab_size
     _check_checkpoint_vocabulary(args, vocab_size)
     args.tsp_vocab_size = vocab_size  # saved with the checkpoint: the unpadded vocabulary
