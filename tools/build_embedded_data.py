@@ -22,6 +22,9 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "megatron_tsp" / "data"
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 EOS = "<|endoftext|>"
+# a token of its own: Megatron's GPT dataset leaves pad positions out of the loss, so it ignores a
+# pad equal to the end of document (which would mask every document's end) and warns at each run
+PAD = "<|pad|>"
 
 
 def scenes(markdown: str):
@@ -51,10 +54,13 @@ def main():
         pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=[EOS],
+    # PAD takes the last id, after the learned entries: BPE's merges for a vocabulary one entry
+    # smaller are a prefix of the larger one's, so every other id is the one it has without PAD
+    trainer = trainers.BpeTrainer(vocab_size=args.vocab_size - 1, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(docs, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS)
+    tokenizer.add_special_tokens([PAD])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD)
     fast.save_pretrained(DATA_DIR / "tokenizer")
     print(f"{len(docs)} documents, {sum(map(len, docs))} characters, vocab {len(fast)}")
 

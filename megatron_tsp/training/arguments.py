@@ -8,6 +8,7 @@ is given, --tsp-size takes Megatron's tensor-parallel slot, and every size is va
 message naming the flag.
 """
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -59,6 +60,9 @@ _CPU_DEFAULTS = {
     "--no-bias-swiglu-fusion": ("bias_swiglu_fusion", False),
     "--no-bias-dropout-fusion": ("bias_dropout_fusion", False),
     "--no-rope-fusion": ("apply_rope_fusion", False),
+    # one_logger, NVIDIA's internal metrics tracker, is not published: Megatron would only warn
+    # with a link to an internal page
+    "--no-one-logger": ("enable_one_logger", False),
 }
 # flag -> (dest, value): the embedded demo runs with no other flag at all
 _DEMO_DEFAULTS = {
@@ -315,9 +319,11 @@ def _check_checkpoint(args, saved) -> None:
 
 
 def embedded_dataset_prefix() -> Path:
-    """Where the embedded corpus is tokenized to (built on first use by prepare_embedded_data)."""
+    """Where the embedded corpus is tokenized to (built on first use by prepare_embedded_data),
+    named by the embedded tokenizer, so that a rebuilt one never reads what an earlier one wrote."""
     cache = Path(os.environ.get("MEGATRON_TSP_CACHE", Path.home() / ".cache" / "megatron_tsp"))
-    return cache / "shakespeare_tragedies_text_document"
+    digest = hashlib.sha256((EMBEDDED_DATA / "tokenizer" / "tokenizer.json").read_bytes())
+    return cache / f"embedded_{digest.hexdigest()[:12]}" / "shakespeare_tragedies_text_document"
 
 
 def qwen3_config_from_args(args, vocab_size: int):
