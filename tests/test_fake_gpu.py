@@ -72,3 +72,14 @@ def test_the_audit_sees_what_a_gpu_step_must_not_do():
     assert any("on cpu" in entry for entry in report["off_device"]), report
     assert {"aten.nonzero", "aten._local_scalar_dense"} <= set(report["host_syncs"]), report
     assert any("(8, 12)" in entry for entry in report["score_shaped"]), report
+
+
+def test_keeping_everything_stays_on_the_device_and_is_the_planners_memory():
+    """The default mode (no recompute flag) keeps autograd graphs from forward: the same audit,
+    and its peak within 10% of the planner's, on rank 0."""
+    report, = fake_gpu_steps([0], "--recompute", "none")
+    assert report["off_device"] == [] and report["host_syncs"] == [], report
+    assert report["score_shaped"] == [] and report["wrong_grads"] == [], report
+    cfg = qwen3_preset("8b").replace(num_layers=LAYERS)
+    predicted = memory_bytes(Layout("tsp", tp=D, recompute="none"), cfg, S, 1, BF16)
+    assert 0.9 <= report["peak_bytes"] / predicted.total <= 1.1, (report, predicted)
