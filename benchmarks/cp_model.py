@@ -40,7 +40,7 @@ def _layer(x, w: Dict[str, torch.Tensor], cfg: Qwen3Config, cos, sin):
                      cos, sin)
     # [s, 2, b, ng, hd] -> [S, 2, b, ng, hd]: only the kv heads, never repeated for GQA
     kv = gather_to_full(torch.stack([k, qkv[:, :, :, hpg + 1]], dim=1), dim=0, kind="cp_kv")
-    o = zigzag_causal_attention(q, kv[:, 0], kv[:, 1])
+    o = zigzag_causal_attention(q, kv)
     x = x + o @ w["self_attention.linear_proj.weight"].t()
     m = rms_norm(x, w["pre_mlp_layernorm.weight"], eps)
     return x + swiglu_mlp(m, w["mlp.linear_fc1.weight"], w["mlp.linear_fc2.weight"])

@@ -108,23 +108,27 @@ def all_reduce_sum(tensor: torch.Tensor, kind: str, group=None) -> torch.Tensor:
     return tensor
 
 
-def _all_gather_dim0(local: torch.Tensor, kind: str, group) -> torch.Tensor:
+def all_gather_async(local: torch.Tensor, kind: str, group=None):
+    """Post an all-gather along dim 0 in rank order: x_local [n, ...] -> ([D*n, ...], work).
+    The buffer holds the result once the work is waited on."""
+    group = group or ps.get_tsp_group()
     D = ps.get_tsp_world_size()
     count_bytes(kind, sent=_nbytes(local), received=_nbytes(local) * (D - 1))
-    parts = [torch.empty_like(local) for _ in range(D)]
-    with exposed(kind):
-        dist.all_gather(parts, local.contiguous(), group=group)
-    return torch.cat(parts, dim=0)
+    full = torch.empty((D * local.shape[0],) + tuple(local.shape[1:]), dtype=local.dtype,
+                       device=local.device)
+    return full, dist.all_gather_single(full, local.contiguous(), group=group, async_op=True)
 
 
-def _reduce_scatter_dim0(full: torch.Tensor, kind: str, group) -> torch.Tensor:
+def reduce_scatter_async(full: torch.Tensor, kind: str, group=None):
+    """Post a sum over the group of [D*n, ...] whose rank-order block r lands on rank r:
+    -> ([n, ...], work)."""
+    group = group or ps.get_tsp_group()
     D = ps.get_tsp_world_size()
-    out = torch.empty((full.shape[0] // D,) + tuple(full.shape[1:]), dtype=full.dtype,
-                      device=full.device)
-    count_bytes(kind, sent=_nbytes(out) * (D - 1), received=_nbytes(out) * (D - 1))
-    with exposed(kind):
-        dist.reduce_scatter_single(out, full.contiguous(), group=group)
-    return out
+    local = torch.empty((full.shape[0] // D,) + tuple(full.shape[1:]), dtype=full.dtype,
+                        device=full.device)
+    count_bytes(kind, sent=_nbytes(local) * (D - 1), received=_nbytes(local) * (D - 1))
+    return local, dist.reduce_scatter_single(local, full.contiguous(), group=group,
+                                             async_op=True)
 
 
 class _GatherAlongSequence(torch.autograd.Function):
@@ -133,11 +137,16 @@ class _GatherAlongSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local, kind, group):
         ctx.kind, ctx.group = kind, group
-        return _all_gather_dim0(local, kind, group)
+        full, work = all_gather_async(local, kind, group)
+        wait_all([work], kind)
+        return full
 
     @staticmethod
     def backward(ctx, grad_full):
-        return _reduce_scatter_dim0(grad_full, ctx.kind + "_grad", ctx.group), None, None
+        kind = ctx.kind + "_grad"
+        local, work = reduce_scatter_async(grad_full, kind, ctx.group)
+        wait_all([work], kind)
+        return local, None, None
 
 
 def gather_along_sequence(local: torch.Tensor, kind: str, group=None) -> torch.Tensor:

@@ -10,7 +10,8 @@ from typing import Optional, Tuple
 import torch
 
 from megatron_tsp import parallel_state as ps
-from megatron_tsp.comm import gather_along_sequence
+from megatron_tsp.comm import (all_gather_async, gather_along_sequence, reduce_scatter_async,
+                               wait_all)
 
 
 def local_chunks(rank: int, tsp_size: int) -> Tuple[int, int]:
@@ -45,20 +46,65 @@ def scatter_to_local(full: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([chunks[k] for k in local_chunks(p, D)], dim=dim)
 
 
+def rank_order_to_sequence(gathered: torch.Tensor, tsp_size: int) -> torch.Tensor:
+    """[D * 2c, ...] gathered in rank order -> [S, ...] in sequence order.
+
+    Rank r's first chunk is global chunk r and its second chunk global chunk 2D-1-r: the first
+    halves in rank order, then the second halves in reverse rank order, are the sequence (views
+    and one concatenation: no permutation index)."""
+    by_rank = gathered.view((tsp_size, 2, gathered.shape[0] // (2 * tsp_size))
+                            + tuple(gathered.shape[1:]))
+    return torch.cat([by_rank[r, 0] for r in range(tsp_size)]
+                     + [by_rank[r, 1] for r in reversed(range(tsp_size))])
+
+
+def sequence_to_rank_order(full: torch.Tensor, tsp_size: int) -> torch.Tensor:
+    """The inverse of `rank_order_to_sequence`: [S, ...] -> [D * 2c, ...] in rank order."""
+    chunks = full.chunk(2 * tsp_size)
+    return torch.cat([chunks[k] for r in range(tsp_size) for k in local_chunks(r, tsp_size)])
+
+
+class SequenceGather:
+    """The full sequence from every rank's local zigzag shard along dim 0, gathered in the
+    background: x_local [s, ...] now, [S, ...] in sequence order from `wait()`. No autograd: the
+    attention schedule returns the gradient itself with `SequenceReduceScatter`."""
+
+    def __init__(self, local: torch.Tensor, kind: str, group=None):
+        self.D, self.kind = ps.get_tsp_world_size(), kind
+        self._local, self._full, self._work = local, None, None
+        if self.D > 1:
+            self._full, self._work = all_gather_async(local, kind, group)
+
+    def wait(self) -> torch.Tensor:
+        if self.D == 1:
+            return self._local
+        wait_all([self._work], self.kind)
+        return rank_order_to_sequence(self._full, self.D)
+
+
+class SequenceReduceScatter:
+    """The gradient of `SequenceGather`: [S, ...] in sequence order summed over the group, each
+    rank's zigzag shard [s, ...] delivered in the background, from `wait()`."""
+
+    def __init__(self, full: torch.Tensor, kind: str, group=None):
+        self.D, self.kind = ps.get_tsp_world_size(), kind
+        self._local, self._work = full, None
+        if self.D > 1:
+            self._local, self._work = reduce_scatter_async(
+                sequence_to_rank_order(full, self.D), kind, group)
+
+    def wait(self) -> torch.Tensor:
+        if self._work is not None:
+            wait_all([self._work], self.kind)
+        return self._local
+
+
 def gather_to_full(local: torch.Tensor, dim: int, kind: str = "layout_gather",
                    group=None) -> torch.Tensor:
-    """Rebuild the full sequence on every rank from the local shards (autograd: reduce-scatter).
-
-    Gathered in rank order, rank r's first chunk is global chunk r and its second chunk global
-    chunk 2D-1-r: the first halves in rank order, then the second halves in reverse rank order,
-    are the sequence (views and one concatenation: no permutation index). Over the TSP group,
-    or `group` (the same ranks).
-    """
+    """Rebuild the full sequence on every rank from the local shards (autograd: reduce-scatter),
+    over the TSP group, or `group` (the same ranks)."""
     D = ps.get_tsp_world_size()
     if D == 1:
         return local
-    moved = local.movedim(dim, 0)
-    gathered = gather_along_sequence(moved, kind, group)  # [D * 2c, ...] in rank order
-    by_rank = gathered.view((D, 2, moved.shape[0] // 2) + tuple(moved.shape[1:]))
-    in_order = [by_rank[r, 0] for r in range(D)] + [by_rank[r, 1] for r in reversed(range(D))]
-    return torch.cat(in_order).movedim(0, dim)
+    gathered = gather_along_sequence(local.movedim(dim, 0), kind, group)
+    return rank_order_to_sequence(gathered, D).movedim(0, dim)

@@ -41,9 +41,10 @@ def test_every_chunk_equals_sdpa_with_an_explicit_mask(D, dtype, tolerance):
         chunks = local_chunks(rank, D)
         q = torch.randn(2 * c, B, HEADS, HEAD_DIM, generator=generator).to(dtype)
         grad = torch.randn(2 * c, B, HEADS * HEAD_DIM, generator=generator).to(dtype)
-        inputs = [t.clone().requires_grad_() for t in (q, k_full, v_full)]
+        inputs = [t.clone().requires_grad_() for t in (q, torch.stack([k_full, v_full], 1))]
         out = zigzag_causal_attention(*inputs, chunks=chunks)
-        grads = torch.autograd.grad(out, inputs, grad)
+        grad_q, grad_kv = torch.autograd.grad(out, inputs, grad)
+        grads = grad_q, grad_kv[:, 0], grad_kv[:, 1]
         reference_inputs = [t.clone().requires_grad_() for t in (q, k_full, v_full)]
         expected = _reference(*reference_inputs, chunks)
         expected_grads = torch.autograd.grad(expected, reference_inputs, grad)
@@ -70,9 +71,9 @@ def test_no_mask_is_built_on_the_cpu():
             return out
 
     q = torch.randn(2 * c, B, HEADS, HEAD_DIM, requires_grad=True)
-    k_full, v_full = (torch.randn(S, B, GROUPS, HEAD_DIM, requires_grad=True) for _ in range(2))
+    kv_full = torch.randn(S, 2, B, GROUPS, HEAD_DIM, requires_grad=True)
     with Shapes():
-        out = zigzag_causal_attention(q, k_full, v_full, chunks=local_chunks(1, D))
+        out = zigzag_causal_attention(q, kv_full, chunks=local_chunks(1, D))
         out.sum().backward()
     assert shapes, "nothing recorded"
     score_like = [shape for shape in shapes if len(shape) >= 2 and shape[-2] == c

@@ -112,18 +112,30 @@ def test_attention_weight_broadcast_bytes(counters):
                                                   "received": (D - 1) * shard}
 
 
-def _kv_gather_groups():
-    """The group of every all-gather of one step and the TSP group, at D = 2."""
+def _kv_exchanges():
+    """At D = 2 (two head-group steps), the group of every all-gather, the TSP group, and the
+    order in which the K/V exchanges are posted and waited on."""
     import torch.distributed as dist
+    from megatron_tsp import layout
     from megatron_tsp.models.qwen3 import build_tsp_qwen3
     ps.initialize_tsp(2)
-    seen, all_gather = [], dist.all_gather
+    seen, events = [], []
+    originals = dist.all_gather_single, dist.reduce_scatter_single, layout.wait_all
 
-    def recording(*args, group=None, **kwargs):
+    def gather(*args, group=None, **kwargs):
         seen.append(group)
-        return all_gather(*args, group=group, **kwargs)
+        events.append("gather")
+        return originals[0](*args, group=group, **kwargs)
 
-    dist.all_gather = recording
+    def scatter(*args, **kwargs):
+        events.append("scatter")
+        return originals[1](*args, **kwargs)
+
+    def wait(handles, kind):
+        events.append(f"wait {kind}")
+        return originals[2](handles, kind)
+
+    dist.all_gather_single, dist.reduce_scatter_single, layout.wait_all = gather, scatter, wait
     try:
         cfg = tiny_config(heads=8, groups=2)
         model = build_tsp_qwen3(cfg)
@@ -131,15 +143,30 @@ def _kv_gather_groups():
         train_step(model, full_batch(cfg.vocab_size, BATCH, 16))
         tsp = ps.get_tsp_group()
         return ([dist.get_process_group_ranks(g) for g in seen], seen.count(tsp),
-                dist.get_process_group_ranks(tsp))
+                dist.get_process_group_ranks(tsp), events, cfg.num_layers)
     finally:
-        dist.all_gather = all_gather
+        dist.all_gather_single, dist.reduce_scatter_single, layout.wait_all = originals
         ps.destroy_tsp()
 
 
-def test_keys_and_values_travel_on_a_group_of_their_own():
+@pytest.fixture(scope="module")
+def kv_exchanges():
+    return run_distributed(_kv_exchanges, 2)
+
+
+def test_keys_and_values_travel_on_a_group_of_their_own(kv_exchanges):
     # on NCCL one group's operations run in order: on the TSP group the K/V all-gather would
     # queue behind the next head-group's weight broadcast, already in flight
-    for ranks, on_tsp_group, tsp_ranks in run_distributed(_kv_gather_groups, 2):
+    for ranks, on_tsp_group, tsp_ranks, _, _ in kv_exchanges:
         assert ranks and all(r == tsp_ranks for r in ranks)
         assert on_tsp_group == 0
+
+
+def test_each_kv_exchange_is_in_flight_while_the_other_step_computes(kv_exchanges):
+    """Forward posts step 2's all-gather before it waits for step 1's (and runs step 1's
+    attention meanwhile); backward posts step 2's dK/dV reduce-scatter before it waits for step
+    1's. A blocking exchange would wait right after each post."""
+    for *_, events, layers in kv_exchanges:
+        forward = ["gather", "gather", "wait attn_kv", "wait attn_kv"] * layers
+        backward = ["scatter", "scatter", "wait attn_kv_grad", "wait attn_kv_grad"] * layers
+        assert events == forward + backward, events

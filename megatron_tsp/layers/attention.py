@@ -5,16 +5,20 @@ step. All ranks work on the same head-group step at once, because the keys/value
 must be exchanged between all tokens:
 
     for step j (its weights broadcast from their owners, step j+1 prefetched):
-        q, k, v = x_local @ W_qkv_j^T      q/k RMSNorm, RoPE at global positions
-        K, V    = all-gather(k, v)         only the gs kv heads of this step (never repeated)
-        y      += attention(q, K, V) @ W_proj_j^T      partial sums in fp32, no all-reduce
+        k, v = x_local @ W_kv_j^T         k RMSNorm, RoPE at global positions
+        post all-gather(k, v)             only the gs kv heads of this step (never repeated)
+        q = x_local @ W_q_j^T             q RMSNorm, RoPE (while k, v travel)
+        finish step j-1: wait for its K, V;  y += attention(q, K, V) @ W_proj^T
+    finish the last step              partial sums in fp32, no all-reduce
 
-With G >= D kv groups there are D steps, one shard each; with G < D there are G steps and a
-group's rows are spread over D/G owners, broadcast and concatenated (Megatron's row split of the
-interleaved linear_qkv is kept either way). Backward re-broadcasts each step's weights,
-recomputes what the step did not keep (layers/recompute.py; never the output projection),
-reduce-scatters dK/dV to the token owners (autograd of the gather) and reduces the
-weight-gradient partials onto the owners.
+so each step's keys/values travel while the next step's projections and the previous step's
+attention run. With G >= D kv groups there are D steps, one shard each; with G < D there are G
+steps and a group's rows are spread over D/G owners, broadcast and concatenated (Megatron's row
+split of the interleaved linear_qkv is kept either way). Backward re-broadcasts each step's
+weights, recomputes what the step did not keep (layers/recompute.py; never the output
+projection), runs the core's backward, posts the dK/dV reduce-scatter to the token owners and
+finishes the previous step (through the norms to the qkv GEMM) while it travels; each step's
+weight-gradient partials are reduced onto the owners.
 """
 
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ from megatron_tsp.layers.linear import TSPLinear
 from megatron_tsp.layers.norm import RMSNorm, rms_norm
 from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.layers.rotary import apply_rotary
-from megatron_tsp.layout import gather_to_full, local_chunks
+from megatron_tsp.layout import SequenceGather, SequenceReduceScatter, local_chunks
 from megatron_tsp.models.config import Qwen3Config
 
 
@@ -59,25 +63,26 @@ class AttentionShape:
         return self.heads // self.groups
 
 
-def zigzag_causal_attention(q: torch.Tensor, k_full: torch.Tensor, v_full: torch.Tensor,
+def zigzag_causal_attention(q: torch.Tensor, kv_full: torch.Tensor,
                             chunks: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """q [s, b, hs, hd] of the local zigzag chunks (global indices `chunks`, by default this
-    rank's); k/v_full [S, b, gs, hd] in sequence order.
+    rank's); kv_full [S, 2, b, gs, hd] keys and values in sequence order.
 
     Each local chunk attends to keys up to its own end, with no mask built on any device
-    (layers/chunk_attention.py). GQA is left to the kernels, so kv heads are never repeated.
+    (layers/chunk_attention.py). GQA is left to the kernels, so kv heads are never repeated; the
+    kernels read views of kv_full, so what backward keeps of the keys/values is kv_full itself.
     Returns [s, b, hs * hd].
     """
     s, b, hs, hd = q.shape
     c = s // 2
     if chunks is None:
         chunks = local_chunks(ps.get_tsp_rank(), ps.get_tsp_world_size())
-    kv = torch.stack([k_full, v_full]).permute(0, 2, 3, 1, 4)  # [2, b, gs, S, hd]
+    k, v = kv_full.permute(1, 2, 3, 0, 4)  # each [b, gs, S, hd]
     outputs = []
     for i, chunk in enumerate(chunks):
         kv_len = (chunk + 1) * c
         q_i = q[i * c:(i + 1) * c].permute(1, 2, 0, 3)  # [b, hs, c, hd]
-        o = causal_chunk_attention(q_i, kv[0, :, :, :kv_len], kv[1, :, :, :kv_len])
+        o = causal_chunk_attention(q_i, k[:, :, :kv_len], v[:, :, :kv_len])
         outputs.append(o.permute(2, 0, 1, 3))
     return torch.cat(outputs).reshape(s, b, hs * hd)
 
@@ -86,101 +91,157 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_()
 
 
-def _qk_norm_rope(qkv, q_norm, k_norm, cos, sin, shape: AttentionShape):
-    """qkv [s, b, gs, hpg + 2, hd] -> q [s, b, hs, hd] and kv [s, 2, b, gs, hd], normalised
-    and rotated."""
-    s, b, gs, hpg = *qkv.shape[:3], shape.heads_per_group
-    q = qkv[:, :, :, :hpg].reshape(s, b, gs * hpg, shape.head_dim)
-    q = apply_rotary(rms_norm(q, q_norm, shape.eps), cos, sin)
-    k = apply_rotary(rms_norm(qkv[:, :, :, hpg], k_norm, shape.eps), cos, sin)
-    return q, torch.stack([k, qkv[:, :, :, hpg + 1]], dim=1)
+def _split_qkv(w_qkv: torch.Tensor, shape: AttentionShape):
+    """A step's interleaved linear_qkv rows [gs * (hpg + 2) * hd, h] -> its query rows and its
+    key/value rows, each contiguous, so keys/values can be projected (and sent) first."""
+    w = w_qkv.view(shape.groups_per_step, shape.heads_per_group + 2, shape.head_dim, -1)
+    hpg = shape.heads_per_group
+    return w[:, :hpg].reshape(-1, w.shape[-1]), w[:, hpg:].reshape(-1, w.shape[-1])
 
 
-def _core_attention(q, kv_local):
-    """The step's keys/values gathered over the group (autograd: reduce-scattered back), on a
-    group of their own so they never wait behind a weight transfer, then attention of the local
-    queries: -> [s, b, hs * hd]."""
-    kv_full = gather_to_full(kv_local, dim=0, kind="attn_kv", group=ps.get_tsp_kv_group())
-    return zigzag_causal_attention(q, kv_full[:, 0], kv_full[:, 1])
+def _project(x, w, heads_per_group: int, shape: AttentionShape):
+    """x [s, b, h] @ w^T -> [s, b, gs, heads_per_group, hd]."""
+    s, b, _ = x.shape
+    return (x @ w.t()).view(s, b, shape.groups_per_step, heads_per_group, shape.head_dim)
+
+
+def _queries(q_raw, q_norm, cos, sin, shape: AttentionShape):
+    """[s, b, gs, hpg, hd] -> q [s, b, hs, hd], normalised and rotated."""
+    q = q_raw.flatten(2, 3)
+    return apply_rotary(rms_norm(q, q_norm, shape.eps), cos, sin)
+
+
+def _keys_values(kv_raw, k_norm, cos, sin, shape: AttentionShape):
+    """[s, b, gs, 2, hd] -> kv [s, 2, b, gs, hd], k normalised and rotated."""
+    k = apply_rotary(rms_norm(kv_raw[:, :, :, 0], k_norm, shape.eps), cos, sin)
+    return torch.stack([k, kv_raw[:, :, :, 1]], dim=1)
+
+
+def _gather_kv(kv_local) -> SequenceGather:
+    """The step's keys/values from every rank, in the background, on a group of their own so
+    they never wait behind a weight transfer: kv_local [s, 2, b, gs, hd] -> [S, 2, b, gs, hd]."""
+    return SequenceGather(kv_local.detach(), "attn_kv", ps.get_tsp_kv_group())
 
 
 class _Kept:
-    """What one head-group step keeps for backward (layers/recompute.py says which):
-    `qkv` the qkv GEMM's output, to recompute the norms and RoPE from; `leaves` the roots
-    (qkv, q_norm, k_norm) of a kept graph; `q`, `kv` the norms' and RoPE's outputs in that graph
-    when the core is recomputed; `core_inputs` the roots of the core's kept graph when the norms
-    are recomputed; `out` the core's output in its kept graph."""
+    """What one head-group step keeps for backward (layers/recompute.py says which): `raw` the
+    projections' outputs (q_raw, kv_raw) to recompute the norms and RoPE from; `norm_leaves`
+    (q_raw, kv_raw, q_norm, k_norm) and `normed` (q, kv_local) the kept graph of the norms and
+    RoPE; `core_leaves` (q, kv_full) and `out` the kept graph of the attention core."""
 
     def __init__(self):
-        self.qkv = self.leaves = self.q = self.kv = self.core_inputs = self.out = None
+        self.raw = self.norm_leaves = self.normed = self.core_leaves = self.out = None
 
 
-def _project(x, w_qkv, shape: AttentionShape):
-    s, b, _ = x.shape
-    return (x @ w_qkv.t()).view(s, b, shape.groups_per_step, shape.heads_per_group + 2,
-                                shape.head_dim)
+def _normed(kept: _Kept, q_raw, kv_raw, norms, cos, sin, shape, keep_graph: bool, part: str):
+    """The queries (part "q") or keys/values (part "kv") after norm and RoPE, recorded in
+    `kept`'s graph when `keep_graph`."""
+    fn, i = (_queries, 0) if part == "q" else (_keys_values, 1)
+    raw = (q_raw, kv_raw)[i]
+    if not keep_graph:
+        return fn(raw, norms[i], cos, sin, shape)
+    if kept.norm_leaves is None:
+        kept.norm_leaves, kept.normed = [None] * 4, [None] * 2
+    kept.norm_leaves[i], kept.norm_leaves[2 + i] = _leaf(raw), _leaf(norms[i])
+    with torch.enable_grad():
+        kept.normed[i] = fn(kept.norm_leaves[i], kept.norm_leaves[2 + i], cos, sin, shape)
+    return kept.normed[i]
 
 
-def _forward_step(x, w_qkv, norms, cos, sin, shape, recompute: Recompute):
-    """One head-group step: x [s, b, h] -> the core's output [s, b, hs * hd] (no graph), and
-    what backward needs of it."""
+def _start_step(x, w_qkv, norms, cos, sin, shape, recompute: Recompute):
+    """The first half of a step's forward: its keys/values projected and normalised, their
+    all-gather posted, then its queries (computed while the keys/values travel).
+    -> (kept, q [s, b, hs, hd], the gather)."""
     kept = _Kept()
-    qkv = _project(x, w_qkv, shape)
     keep_norms = not (recompute.qkv or recompute.norm_rope)
-    keep_core = not (recompute.qkv or recompute.core_attn)
-    if keep_norms:
-        kept.leaves = [qkv.requires_grad_(), *map(_leaf, norms)]
-        with torch.enable_grad():
-            q, kv = _qk_norm_rope(*kept.leaves, cos, sin, shape)
-        if not keep_core:
-            kept.q, kept.kv = q, kv
-    else:
-        if not recompute.qkv:
-            kept.qkv = qkv
-        q, kv = _qk_norm_rope(qkv, *norms, cos, sin, shape)
-    if not keep_core:
-        return _core_attention(q, kv), kept
-    if not keep_norms:
-        q, kv = kept.core_inputs = [_leaf(q), _leaf(kv)]
-    with torch.enable_grad():
-        kept.out = _core_attention(q, kv)
-    return kept.out.detach(), kept
+    w_q, w_kv = _split_qkv(w_qkv, shape)
+    kv_raw = _project(x, w_kv, 2, shape)
+    kv = _normed(kept, None, kv_raw, norms, cos, sin, shape, keep_norms, "kv")
+    gather = _gather_kv(kv)
+    q_raw = _project(x, w_q, shape.heads_per_group, shape)
+    q = _normed(kept, q_raw, None, norms, cos, sin, shape, keep_norms, "q")
+    if not keep_norms and not recompute.qkv:
+        kept.raw = (q_raw, kv_raw)
+    return kept, q, gather
 
 
-def _backward_step(kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape):
-    """Gradients of one step from what it kept, recomputing the rest; never the output
-    projection. -> grad x, w_qkv, w_proj, q_norm, k_norm."""
-    leaves, q, kv = kept.leaves, kept.q, kept.kv
+def _finish_step(kept: _Kept, q, gather: SequenceGather, recompute: Recompute):
+    """The second half: attention once the keys/values are in -> [s, b, hs * hd] (no graph)."""
+    kv_full = gather.wait()
+    if recompute.qkv or recompute.core_attn:
+        return zigzag_causal_attention(q.detach(), kv_full)
+    kept.core_leaves = [_leaf(q), _leaf(kv_full)]
     with torch.enable_grad():
-        if leaves is None:  # the norms and RoPE were not kept
-            qkv = kept.qkv if kept.qkv is not None else _project(x, w_qkv, shape)
-            leaves = [_leaf(qkv), *map(_leaf, norms)]
-            q, kv = _qk_norm_rope(*leaves, cos, sin, shape)
-        out = kept.out if kept.out is not None else _core_attention(q, kv)
-    grad_y2, out2 = grad_y.flatten(0, 1), out.detach().flatten(0, 1)
-    grad_w_proj = grad_y2.t() @ out2
-    grad_out = (grad_y2 @ w_proj).view_as(out)
-    if kept.core_inputs is not None:
-        grad_out = torch.autograd.grad(out, kept.core_inputs, grad_out)
-        out = [q, kv]
-    grad_qkv, grad_q_norm, grad_k_norm = torch.autograd.grad(out, leaves, grad_out)
-    grad_qkv2 = grad_qkv.flatten(2).flatten(0, 1)
-    grad_x = (grad_qkv2 @ w_qkv).view_as(x)
-    return grad_x, grad_qkv2.t() @ x.flatten(0, 1), grad_w_proj, grad_q_norm, grad_k_norm
+        kept.out = zigzag_causal_attention(*kept.core_leaves)
+    return kept.out.detach()
+
+
+class _BackwardStep:
+    """One step's backward in two halves, so that its dK/dV reduce-scatter travels while the
+    next step's attention core runs backward."""
+
+    def __init__(self, kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape):
+        """The first half: recompute what was not kept, the core's backward, dK/dV posted."""
+        self.x, self.w_qkv = x, w_qkv
+        if kept.norm_leaves is None:
+            if kept.raw is not None:
+                q_raw, kv_raw = kept.raw
+            else:
+                w_q, w_kv = _split_qkv(w_qkv, shape)
+                q_raw = _project(x, w_q, shape.heads_per_group, shape)
+                kv_raw = _project(x, w_kv, 2, shape)
+            kv = _normed(kept, q_raw, kv_raw, norms, cos, sin, shape, True, "kv")
+            gather = _gather_kv(kv) if kept.out is None else None
+            _normed(kept, q_raw, kv_raw, norms, cos, sin, shape, True, "q")
+        else:
+            gather = _gather_kv(kept.normed[1]) if kept.out is None else None
+        self.leaves, self.normed = kept.norm_leaves, kept.normed
+        grad_y2 = grad_y.flatten(0, 1)
+        grad_out = grad_y2 @ w_proj  # while the keys/values travel again, if they must
+        core_leaves, out = kept.core_leaves, kept.out
+        if out is None:
+            core_leaves = [_leaf(self.normed[0]), _leaf(gather.wait())]
+            with torch.enable_grad():
+                out = zigzag_causal_attention(*core_leaves)
+        self.grad_w_proj = grad_y2.t() @ out.detach().flatten(0, 1)
+        self.grad_q, grad_kv_full = torch.autograd.grad(out, core_leaves, grad_out.view_as(out))
+        self.scatter = SequenceReduceScatter(grad_kv_full, "attn_kv_grad",
+                                             ps.get_tsp_kv_group())
+
+    def finish(self):
+        """The second half, once dK/dV are home: through the norms and RoPE to the qkv GEMM.
+        -> grad x, w_qkv, w_proj, q_norm, k_norm."""
+        grads = torch.autograd.grad(self.normed, self.leaves, [self.grad_q, self.scatter.wait()])
+        grad_q_raw, grad_kv_raw, grad_q_norm, grad_k_norm = grads
+        grad_qkv2 = torch.cat([grad_q_raw, grad_kv_raw], dim=3).flatten(2).flatten(0, 1)
+        grad_x = (grad_qkv2 @ self.w_qkv).view_as(self.x)
+        return (grad_x, grad_qkv2.t() @ self.x.flatten(0, 1), self.grad_w_proj, grad_q_norm,
+                grad_k_norm)
 
 
 class _AttentionSchedule(torch.autograd.Function):
+    """Steps are software-pipelined: step j+1's keys/values are gathered while step j's
+    attention runs, and in backward step j's dK/dV are reduce-scattered while step j+1's core
+    runs backward."""
+
     @staticmethod
     def forward(ctx, x, w_qkv, w_proj, q_norm, k_norm, cos, sin, shape, recompute):
         ctx.shape = shape
         ctx.save_for_backward(x, w_qkv, w_proj, q_norm, k_norm, cos, sin)
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        ctx.kept = []
+        ctx.kept, started = [], None
+
+        def finish(kept, q, gather, wp):
+            y.add_((_finish_step(kept, q, gather, recompute) @ wp.t()).float())
+
         stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
         for _, (wq, wp) in stream:
-            out, kept = _forward_step(x, wq, (q_norm, k_norm), cos, sin, shape, recompute)
+            kept, q, gather = _start_step(x, wq, (q_norm, k_norm), cos, sin, shape, recompute)
             ctx.kept.append(kept)
-            y += (out @ wp.t()).float()
+            if started is not None:
+                finish(*started)
+            started = (kept, q, gather, wp)
+        finish(*started)
         return y.to(x.dtype)
 
     @staticmethod
@@ -191,14 +252,23 @@ class _AttentionSchedule(torch.autograd.Function):
         grad_q_norm = torch.zeros(q_norm.shape, dtype=torch.float32, device=x.device)
         grad_k_norm = torch.zeros_like(grad_q_norm)
         stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
+        started = None
+
+        def finish(step, backward_step):
+            dx, dwq, dwp, dqn, dkn = backward_step.finish()
+            grad_x.add_(dx)
+            grad_q_norm.add_(dqn)
+            grad_k_norm.add_(dkn)
+            stream.deliver(step, [dwq, dwp])
+
         for step, (wq, wp) in stream:
             kept, ctx.kept[step] = ctx.kept[step], None  # freed as backward goes
-            dx, dwq, dwp, dqn, dkn = _backward_step(kept, x, wq, wp, grad_y, (q_norm, k_norm),
-                                                    cos, sin, shape)
-            grad_x += dx
-            grad_q_norm += dqn
-            grad_k_norm += dkn
-            stream.deliver(step, [dwq, dwp])
+            backward_step = _BackwardStep(kept, x, wq, wp, grad_y, (q_norm, k_norm), cos, sin,
+                                          shape)
+            if started is not None:
+                finish(*started)
+            started = (step, backward_step)
+        finish(*started)
         grad_w_qkv, grad_w_proj = stream.owned_grads()
         return (grad_x.to(x.dtype), grad_w_qkv.to(w_qkv.dtype), grad_w_proj.to(w_proj.dtype),
                 grad_q_norm.to(q_norm.dtype), grad_k_norm.to(k_norm.dtype), None, None, None,
