@@ -45,7 +45,8 @@ def _forward_visit(x, w_fc1, recompute: Recompute):
 
 
 def _backward_visit(kept, x, w_fc1, w_fc2, grad_y):
-    """-> grad x, w_fc1, w_fc2 of one visit, recomputing what it did not keep; never fc2."""
+    """-> grad w_fc1, w_fc2 of one visit, recomputing what it did not keep (never fc2), and the
+    gradient of fc1's output [s*b, 2F/D], from which the caller takes grad x."""
     if not isinstance(kept, tuple):
         gate_up = (kept if kept is not None else x @ w_fc1.t()).requires_grad_()
         with torch.enable_grad():
@@ -55,8 +56,7 @@ def _backward_visit(kept, x, w_fc1, w_fc2, grad_y):
     grad_w_fc2 = grad_y2.t() @ act.detach().flatten(0, 1)
     grad_gate_up, = torch.autograd.grad(act, gate_up, (grad_y2 @ w_fc2).view_as(act))
     grad_gate_up2 = grad_gate_up.flatten(0, 1)
-    grad_x = (grad_gate_up2 @ w_fc1).view_as(x)
-    return grad_x, grad_gate_up2.t() @ x.flatten(0, 1), grad_w_fc2
+    return grad_gate_up2.t() @ x.flatten(0, 1), grad_w_fc2, grad_gate_up2
 
 
 class _MLPRing(torch.autograd.Function):
@@ -78,9 +78,10 @@ class _MLPRing(torch.autograd.Function):
         ring = ShardRing([w_fc1, w_fc2], "mlp_weights", accumulate=True)
         for step, visit in enumerate(ring):
             kept, ctx.kept[step] = ctx.kept[step], None  # freed as backward goes
-            dx, d_fc1, d_fc2 = _backward_visit(kept, x, *visit.tensors, grad_y)
-            grad_x += dx
+            d_fc1, d_fc2, grad_gate_up2 = _backward_visit(kept, x, *visit.tensors, grad_y)
             visit.accumulate([d_fc1, d_fc2])
+            # after the weight gradients are sent on: this GEMM runs while they travel
+            grad_x += (grad_gate_up2 @ visit.tensors[0]).view_as(x)
         grad_fc1, grad_fc2 = ring.owned_grads()
         return grad_x.to(x.dtype), grad_fc1.to(w_fc1.dtype), grad_fc2.to(w_fc2.dtype), None
 

@@ -110,8 +110,8 @@ class _VocabCrossEntropy(torch.autograd.Function):
             hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
             probs.scatter_add_(1, row.unsqueeze(1), -hit.float().unsqueeze(1))
             probs *= grad_loss
-            grad_x += probs @ shard.float()
             visit.accumulate([probs.t() @ x2d_fp32])
+            grad_x += probs @ shard.float()  # while the weight gradient travels on
             del probs  # before the next shard's logits exist: one [n, Vd] fp32 at a time
         return (grad_x.view(x.shape).to(x.dtype), ring.owned_grads()[0].to(table.dtype),
                 None, None)
