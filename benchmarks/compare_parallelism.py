@@ -31,7 +31,7 @@ import torch
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.planner import add_shape_arguments, model_config_from_args
 from megatron_tsp.planner_bytes import Layout, transfer_bytes
-from megatron_tsp.planner_memory import memory_bytes
+from megatron_tsp.planner_memory import GLOO_COLLECTIVE_COPIES, memory_bytes
 
 from benchmarks import report
 from benchmarks.launch import run_ranks
@@ -128,7 +128,7 @@ def predicted(scheme: str, cfg: Qwen3Config, D: int, S: int, b: int) -> dict:
     """The planner's numbers for a run on this machine (fp32)."""
     layout = planner_layout(scheme, D)
     transfers = transfer_bytes(layout, cfg, S, b, e=4)
-    return {"peak_bytes": memory_bytes(layout, cfg, S, b, e=4).total,
+    return {"peak_bytes": memory_bytes(layout, cfg, S, b, e=4, collective_copies=GLOO_COLLECTIVE_COPIES).total,
             "sent_bytes": sum(s for s, _ in transfers.values()),
             "received_bytes": sum(r for _, r in transfers.values())}
 

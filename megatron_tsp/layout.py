@@ -79,7 +79,9 @@ class SequenceGather:
         if self.D == 1:
             return self._local
         wait_all([self._work], self.kind)
-        return rank_order_to_sequence(self._full, self.D)
+        full, self._full = self._full, None  # the rank-order buffer dies with the reorder
+        assert full is not None, "waited on twice"
+        return rank_order_to_sequence(full, self.D)
 
 
 class SequenceReduceScatter:

@@ -23,6 +23,9 @@ from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.planner_bytes import FP32, Layout, params_per_rank, vocab_rows
 
 INT64 = 8
+# gloo (the CPU runs' backend) stages an all-gather or reduce-scatter through one buffer of the
+# full size; NCCL/RCCL work in place
+GLOO_COLLECTIVE_COPIES = 1
 
 
 @dataclass
@@ -144,7 +147,7 @@ def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
 
 
 def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
-                        recompute: Recompute = NONE) -> int:
+                        recompute: Recompute = NONE, collective_copies: int = 0) -> int:
     """The larger of two moments.
     Output layer backward, a visiting shard (its copy and the prefetched one, the fp32 input and
     input-gradient [s, h] alive throughout), at the larger of: its logits [s, Vp/D] being made,
@@ -153,10 +156,15 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     probabilities with three fp32 accumulators (this rank's partial, the travelling and the
     incoming one). Both measured on fake GPU tensors (tests/test_fake_gpu.py) and on CPU
     (tests/test_planner.py).
-    Last layer's attention backward, one head-group step: about four copies of the step's
-    keys/values of the whole sequence (gathered, sequence order, stacked for the kernel,
-    gradient; one of them kept since forward when the core is), four fp32 [s, h] gradient
-    tensors, less the last layer's pre-MLP norm and the final norm already freed."""
+    Last layer's attention backward, the core of step j: in units of the step's keys/values of
+    the whole sequence, their gradient as the core's backward assembles it (two), the keys and
+    values recomputed when the core is (one; kept ones are activations), and two reduce-
+    scatters in flight (step j's, step j-1's: their rank-order input and the backend's
+    `collective_copies` each); on the local tokens, step j's core output gradient and query
+    gradient and step j-1's query and local key/value gradients, and where the step recomputes,
+    also what it rebuilt (projections, rotated q, local k/v, core output: both steps); four fp32
+    [s, h] gradient tensors, less the last layer's pre-MLP norm and the final norm already
+    freed."""
     s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
     shard = cfg.padded_vocab_size(D) // D
     copy = e if e < FP32 else 0  # an fp32 matmul's logits are their own fp32 copy
@@ -165,8 +173,12 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     vocab = max(logits_made, gradient_passed) + 2 * shard * h * e + 2 * s * h * FP32
     steps = min(cfg.num_query_groups, D)
     kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
-    kv_copies = 4 if recompute.core_attn or recompute.qkv else 3
-    attention_step = kv_copies * kv_step + 4 * s * h * FP32 - 2 * _tsp_norm_bytes(s, h, e)
+    kv_copies = (3 if recompute.core_attn or recompute.qkv else 2) + 2 * (1 + collective_copies)
+    q_step, kv_local = s * cfg.num_attention_heads // steps * hd * e, kv_step // D
+    rebuilt = recompute.qkv or recompute.norm_rope or recompute.core_attn
+    local = 8 * q_step + 5 * kv_local if rebuilt else 3 * q_step + kv_local
+    attention_step = (kv_copies * kv_step + local + 4 * s * h * FP32
+                      - 2 * _tsp_norm_bytes(s, h, e))
     return max(vocab, attention_step)
 
 
@@ -205,8 +217,12 @@ def table_gradient_bytes(cfg: Qwen3Config, rows: int) -> int:
 
 
 def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
-                 distributed_optimizer: bool = False) -> MemoryEstimate:
+                 distributed_optimizer: bool = False,
+                 collective_copies: int = 0) -> MemoryEstimate:
     """Peak bytes per rank of one training step of `layout` (the rank with the most).
+    `collective_copies`: the full-size copies the communication backend makes of a collective
+    in flight: none on NCCL/RCCL (the default); one on gloo, the CPU runs' backend (all-gather
+    and reduce-scatter stage through a buffer of the full size).
 
     TSP keeps what its recompute mode says (tsp_layer_bytes). Megatron's full recompute of the
     other layouts (one layer per checkpoint; planner only, not benchmarked) keeps each layer's
@@ -218,7 +234,8 @@ def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
     rows = vocab_rows(cfg, layout) // t
     if layout.scheme == "tsp":
         act = tsp_activation_bytes(cfg, S, b, t, e, layout.recomputes)
-        transient = max(tsp_transient_bytes(cfg, S, b, t, e, layout.recomputes),
+        transient = max(tsp_transient_bytes(cfg, S, b, t, e, layout.recomputes,
+                                            collective_copies),
                         table_gradient_bytes(cfg, rows) - act)
         return MemoryEstimate(params, grads, optimizer, act, transient)
     if layout.scheme == "cp":
