@@ -133,35 +133,48 @@ class _Kept:
         self.raw = self.norm_leaves = self.normed = self.core_leaves = self.out = None
 
 
-def _normed(kept: _Kept, q_raw, kv_raw, norms, cos, sin, shape, keep_graph: bool, part: str):
-    """The queries (part "q") or keys/values (part "kv") after norm and RoPE, recorded in
+def _normed(kept: _Kept, part: int, raw, norm, cos, sin, shape, keep_graph: bool):
+    """The queries (part 0: q_raw [s, b, gs, hpg, hd] -> [s, b, hs, hd]) or the keys/values
+    (part 1: kv_raw [s, b, gs, 2, hd] -> [s, 2, b, gs, hd]) after norm and RoPE, recorded in
     `kept`'s graph when `keep_graph`."""
-    fn, i = (_queries, 0) if part == "q" else (_keys_values, 1)
-    raw = (q_raw, kv_raw)[i]
+    fn = (_queries, _keys_values)[part]
     if not keep_graph:
-        return fn(raw, norms[i], cos, sin, shape)
+        return fn(raw, norm, cos, sin, shape)
     if kept.norm_leaves is None:
         kept.norm_leaves, kept.normed = [None] * 4, [None] * 2
-    kept.norm_leaves[i], kept.norm_leaves[2 + i] = _leaf(raw), _leaf(norms[i])
+    kept.norm_leaves[part], kept.norm_leaves[2 + part] = _leaf(raw), _leaf(norm)
     with torch.enable_grad():
-        kept.normed[i] = fn(kept.norm_leaves[i], kept.norm_leaves[2 + i], cos, sin, shape)
-    return kept.normed[i]
+        kept.normed[part] = fn(kept.norm_leaves[part], kept.norm_leaves[2 + part], cos, sin,
+                               shape)
+    return kept.normed[part]
+
+
+def _project_and_gather(kept: _Kept, x, w_qkv, norms, cos, sin, shape, keep_graph: bool,
+                        gather: bool):
+    """A step's keys/values projected and normalised first, their all-gather posted (if
+    `gather`), then its queries, computed while the keys/values travel; the projections taken
+    from `kept.raw` when it holds them. -> q [s, b, hs, hd], the gather or None, and the
+    projections (q_raw, kv_raw)."""
+    raw = kept.raw
+    if raw is None:
+        w_q, w_kv = _split_qkv(w_qkv, shape)
+    kv_raw = raw[1] if raw is not None else _project(x, w_kv, 2, shape)
+    kv = _normed(kept, 1, kv_raw, norms[1], cos, sin, shape, keep_graph)
+    in_flight = _gather_kv(kv) if gather else None
+    q_raw = raw[0] if raw is not None else _project(x, w_q, shape.heads_per_group, shape)
+    q = _normed(kept, 0, q_raw, norms[0], cos, sin, shape, keep_graph)
+    return q, in_flight, (q_raw, kv_raw)
 
 
 def _start_step(x, w_qkv, norms, cos, sin, shape, recompute: Recompute):
-    """The first half of a step's forward: its keys/values projected and normalised, their
-    all-gather posted, then its queries (computed while the keys/values travel).
+    """The first half of a step's forward, up to its K/V all-gather in flight.
     -> (kept, q [s, b, hs, hd], the gather)."""
     kept = _Kept()
     keep_norms = not (recompute.qkv or recompute.norm_rope)
-    w_q, w_kv = _split_qkv(w_qkv, shape)
-    kv_raw = _project(x, w_kv, 2, shape)
-    kv = _normed(kept, None, kv_raw, norms, cos, sin, shape, keep_norms, "kv")
-    gather = _gather_kv(kv)
-    q_raw = _project(x, w_q, shape.heads_per_group, shape)
-    q = _normed(kept, q_raw, None, norms, cos, sin, shape, keep_norms, "q")
+    q, gather, raw = _project_and_gather(kept, x, w_qkv, norms, cos, sin, shape, keep_norms,
+                                         True)
     if not keep_norms and not recompute.qkv:
-        kept.raw = (q_raw, kv_raw)
+        kept.raw = raw
     return kept, q, gather
 
 
@@ -183,18 +196,12 @@ class _BackwardStep:
     def __init__(self, kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape):
         """The first half: recompute what was not kept, the core's backward, dK/dV posted."""
         self.x, self.w_qkv = x, w_qkv
+        regather = kept.out is None
         if kept.norm_leaves is None:
-            if kept.raw is not None:
-                q_raw, kv_raw = kept.raw
-            else:
-                w_q, w_kv = _split_qkv(w_qkv, shape)
-                q_raw = _project(x, w_q, shape.heads_per_group, shape)
-                kv_raw = _project(x, w_kv, 2, shape)
-            kv = _normed(kept, q_raw, kv_raw, norms, cos, sin, shape, True, "kv")
-            gather = _gather_kv(kv) if kept.out is None else None
-            _normed(kept, q_raw, kv_raw, norms, cos, sin, shape, True, "q")
+            _, gather, _ = _project_and_gather(kept, x, w_qkv, norms, cos, sin, shape, True,
+                                               regather)
         else:
-            gather = _gather_kv(kept.normed[1]) if kept.out is None else None
+            gather = _gather_kv(kept.normed[1]) if regather else None
         self.leaves, self.normed = kept.norm_leaves, kept.normed
         grad_y2 = grad_y.flatten(0, 1)
         grad_out = grad_y2 @ w_proj  # while the keys/values travel again, if they must
