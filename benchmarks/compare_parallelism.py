@@ -28,7 +28,7 @@ from typing import List, Optional
 import megatron_tsp  # noqa: F401  (megatron-core adaptations before anything imports it)
 import torch
 
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 from megatron_tsp.planner import add_shape_arguments, model_config_from_args
 from megatron_tsp.planner_bytes import Layout, transfer_bytes
 from megatron_tsp.planner_memory import memory_bytes

@@ -24,7 +24,7 @@ from megatron_tsp.layers.mlp import swiglu_mlp
 from megatron_tsp.layers.norm import rms_norm
 from megatron_tsp.layers.rotary import apply_rotary, rotary_cos_sin
 from megatron_tsp.layout import gather_to_full
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 
 def _layer(x, w: Dict[str, torch.Tensor], cfg: Qwen3Config, cos, sin):

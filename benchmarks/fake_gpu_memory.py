@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from megatron_tsp.models.config import qwen3_preset
+from megatron_tsp.config import qwen3_preset
 from megatron_tsp.planner_bytes import Layout
 from megatron_tsp.planner_memory import memory_bytes
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tsp import comm
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 from benchmarks.memory import PeakMemory
 from benchmarks.schemes import SchemeRank, device, make_batch

@@ -24,7 +24,7 @@ from megatron_tsp import parallel_state as ps
 from megatron_tsp.layers.recompute import MODES
 from megatron_tsp.layers.vocab import masked_token_mean
 from megatron_tsp.layout import scatter_to_local
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 from benchmarks.memory import PeakMemory
 from benchmarks.weights import full_weights, pad_rows, tensor_parallel_shard

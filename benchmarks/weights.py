@@ -11,7 +11,7 @@ from typing import Dict
 import torch
 
 from megatron_tsp.layers.linear import draw_full_normal
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 _OUTPUT_PROJECTIONS = ("linear_proj.weight", "linear_fc2.weight")
 

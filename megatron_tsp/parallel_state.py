@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 
 def validate_tsp_config(

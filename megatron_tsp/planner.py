@@ -20,7 +20,7 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Optional
 
-from megatron_tsp.models.config import Qwen3Config, qwen3_preset
+from megatron_tsp.config import Qwen3Config, qwen3_preset
 from megatron_tsp.planner_bytes import RECOMPUTE, Layout, transfer_bytes
 from megatron_tsp.planner_flops import hardware_flops_per_token
 from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from megatron_tsp.layers.recompute import MODES, NONE, Recompute, mode_recompute
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 Transfers = Dict[str, Tuple[int, int]]  # kind -> (sent, received), bytes per rank
 FP32 = 4

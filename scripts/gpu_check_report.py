@@ -81,7 +81,7 @@ def cmd_losses(args) -> int:
 # --- (b) throughput and MFU, (d) memory against the planner ---------------------------------
 
 def model_config(model_size: str, num_layers=None):
-    from megatron_tsp.models.config import qwen3_preset
+    from megatron_tsp.config import qwen3_preset
     cfg = qwen3_preset(model_size)
     return cfg.replace(num_layers=num_layers) if num_layers else cfg
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from megatron_tsp.models.config import qwen3_preset
+from megatron_tsp.config import qwen3_preset
 from megatron_tsp.planner_bytes import Layout
 from megatron_tsp.planner_memory import memory_bytes
 from tests.fake_gpu import StepAudit

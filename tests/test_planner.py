@@ -8,7 +8,7 @@ memory of the busiest rank within 10%.
 
 import pytest
 
-from megatron_tsp.models.config import Qwen3Config, qwen3_preset
+from megatron_tsp.config import Qwen3Config, qwen3_preset
 from megatron_tsp.planner import main as planner_main
 from megatron_tsp.planner import plans
 from megatron_tsp.planner_bytes import Layout, transfer_bytes, tp_cp_transfers, tp_sp_transfers

@@ -5,7 +5,7 @@ import pytest
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.layout import local_token_index
-from megatron_tsp.models.config import Qwen3Config, qwen3_preset
+from megatron_tsp.config import Qwen3Config, qwen3_preset
 from tests.tsp_harness import tiny_config
 
 

@@ -13,7 +13,8 @@ megatron-core's own handling.
 import contextlib
 import os
 
-TRACKER_NAME = "latest_checkpointed_iteration.txt"
+from megatron_tsp.checkpoint import TRACKER_NAME
+
 _applied = False
 
 

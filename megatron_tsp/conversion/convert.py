@@ -22,7 +22,7 @@ from megatron_tsp.conversion.hf_io import (
 from megatron_tsp.conversion.hf_qwen3 import (
     hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf, tensor_count)
 from megatron_tsp.conversion.output_dir import output_directory
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 from megatron_tsp.models.full_weights import load_full_tensors
 from megatron_tsp.checkpoint import (check_checkpoint_files, checkpoint_args, checkpoint_dir,
                                      load_model_weights)

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 Getter = Callable[[str], Tensor]
 

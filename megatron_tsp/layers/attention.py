@@ -31,7 +31,7 @@ from megatron_tsp.layers.norm import RMSNorm, rms_norm
 from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.layers.rotary import apply_rotary
 from megatron_tsp.layout import gather_to_full, local_chunks
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 
 @dataclass(frozen=True)

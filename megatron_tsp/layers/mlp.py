@@ -17,7 +17,7 @@ from torch import nn
 from megatron_tsp.comm import ShardRing
 from megatron_tsp.layers.linear import TSPLinear
 from megatron_tsp.layers.recompute import NONE, Recompute
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Dict, Iterable, Set
 import torch
 
 from megatron_tsp.layers.recompute import layer_recomputes
-from megatron_tsp.models.config import PRESETS, qwen3_preset
+from megatron_tsp.config import PRESETS, qwen3_preset
 from megatron_tsp.parallel_state import validate_tsp_config
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
 from megatron_tsp.training.launch_checks import (
@@ -328,7 +328,7 @@ def embedded_dataset_prefix() -> Path:
 
 def qwen3_config_from_args(args, vocab_size: int):
     """The model shape Megatron's args describe (after prepare_args)."""
-    from megatron_tsp.models.config import Qwen3Config
+    from megatron_tsp.config import Qwen3Config
     return Qwen3Config(
         num_layers=args.num_layers, hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
