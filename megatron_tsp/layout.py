@@ -11,6 +11,7 @@ import torch
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import gather_along_sequence
+from megatron_tsp.size_rules import refuse, sequence_problem
 
 
 def local_chunks(rank: int, tsp_size: int) -> Tuple[int, int]:
@@ -18,17 +19,11 @@ def local_chunks(rank: int, tsp_size: int) -> Tuple[int, int]:
     return rank, 2 * tsp_size - 1 - rank
 
 
-def _check_length(seq_length: int, tsp_size: int) -> None:
-    if seq_length % (2 * tsp_size):
-        raise ValueError(
-            f"--seq-length ({seq_length}) must be a multiple of 2 x --tsp-size ({2 * tsp_size})")
-
-
 def local_token_index(seq_length: int, rank: int, tsp_size: int,
                       device: Optional[torch.device] = None) -> torch.Tensor:
     """Global token indices [S/D] of the tokens a rank holds, in local order (the RoPE positions
     of its tokens), made on `device`."""
-    _check_length(seq_length, tsp_size)
+    refuse(sequence_problem(seq_length, tsp_size))
     c = seq_length // (2 * tsp_size)
     return torch.cat([torch.arange(k * c, (k + 1) * c, device=device)
                       for k in local_chunks(rank, tsp_size)])
@@ -40,7 +35,7 @@ def scatter_to_local(full: torch.Tensor, dim: int) -> torch.Tensor:
     D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
     if D == 1:
         return full
-    _check_length(full.shape[dim], D)
+    refuse(sequence_problem(full.shape[dim], D))
     chunks = full.chunk(2 * D, dim=dim)
     return torch.cat([chunks[k] for k in local_chunks(p, D)], dim=dim)
 

@@ -1,6 +1,7 @@
 """Which layout to train with: per-GPU memory and communication of TSP, TP, TP+SP, CP, TP x CP.
 
-    python -m megatron_tsp.planner --model-size 8b --seq-length 131072 --gpus 8 --gpu h100 \\
+    python -m megatron_tsp.planner --model-size 8b --seq-length 131072 \\
+        --max-position-embeddings 131072 --gpus 8 --gpu h100 \\
         [--micro-batch-size 1 --dtype bf16 --distributed-optimizer]
 
 For every layout of `--gpus` GPUs (a model-parallel group of D GPUs, data parallel over the
@@ -14,6 +15,8 @@ left to the CUDA context, NCCL and allocator fragmentation) or of --memory-budge
 fastest: compute time at the GPU's peak plus communication time (max(sent, received) over the
 link bandwidth), per sequence the whole job processes per step (dp x micro-batch). Overlap,
 kernel efficiency and latency are ignored: it ranks layouts, it does not predict step time.
+TSP's layouts obey the launcher's size rules (size_rules.py): it never plans what
+pretrain_qwen3.py refuses.
 """
 
 import argparse
@@ -24,6 +27,8 @@ from megatron_tsp.config import Qwen3Config, qwen3_preset
 from megatron_tsp.planner_bytes import RECOMPUTE, Layout, transfer_bytes
 from megatron_tsp.planner_flops import hardware_flops_per_token
 from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
+from megatron_tsp.size_rules import (
+    LAUNCHER, Flags, megatron_problem, positions_problem, refuse, tsp_problem)
 
 GIB, GB = 2 ** 30, 10 ** 9
 # what a layout may plan to allocate: the rest is left to what the planner does not model (the
@@ -74,6 +79,8 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-size", help="a Qwen3 preset: 0.6b ... 32b, tiny")
     for flag in SHAPE_FLAGS:
         parser.add_argument("--" + flag.replace("_", "-"), type=int, help="overrides the preset")
+    parser.add_argument("--max-position-embeddings", type=int,
+                        help="longest sequence the positions are meant for; overrides the preset")
     parser.add_argument("--untie-embeddings-and-output-weights", action="store_true")
 
 
@@ -88,24 +95,20 @@ def model_config_from_args(args: argparse.Namespace) -> Qwen3Config:
             raise ValueError(f"without --model-size give every shape flag; missing "
                              f"{' '.join(missing)}")
         cfg = Qwen3Config(**given)
+    if args.max_position_embeddings is not None:
+        cfg = cfg.replace(max_position_embeddings=args.max_position_embeddings)
     return cfg.replace(tie_word_embeddings=False) if args.untie_embeddings_and_output_weights \
         else cfg
 
 
-def unsupported(layout: Layout, cfg: Qwen3Config, S: int) -> Optional[str]:
-    """Why a layout cannot run this model and sequence (None when it can)."""
-    t, c, G = layout.tp, layout.cp, cfg.num_query_groups
-    if cfg.num_attention_heads % t or cfg.ffn_hidden_size % t:
-        return "heads or FFN not divisible by the TP size"
-    if layout.scheme == "tsp":
-        if G % t and t % G:
-            return "kv groups neither a multiple nor a divisor of D"
-        return "sequence not a multiple of 2D" if S % (2 * t) else None
-    if G % t:
-        return "kv groups not divisible by the TP size"
-    if S % (2 * c) or S % t:
-        return "sequence not divisible by the sequence shards"
-    return None
+def unsupported(layout: Layout, cfg: Qwen3Config, S: int,
+                flags: Flags = LAUNCHER) -> Optional[str]:
+    """Why a layout cannot run this model and sequence (None when it can): TSP and one device
+    by the launcher's own rules, so that a plan is never one pretrain_qwen3.py refuses."""
+    if layout.scheme in ("tsp", "single"):
+        return tsp_problem(cfg, layout.tp, S, world_size=layout.group_size * layout.dp,
+                           flags=flags)
+    return megatron_problem(cfg, layout.tp, layout.cp, S, flags)
 
 
 def _modes(scheme: str) -> List[str]:
@@ -181,8 +184,6 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
                         help="per-GPU memory a plan may use (GB = 1e9 bytes); by default 90%% "
                              "of the GPU's")
     args = parser.parse_args(argv)
-    if args.seq_length <= 0:
-        raise ValueError(f"--seq-length must be positive, got {args.seq_length}")
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
     if args.micro_batch_size < 1:
@@ -190,6 +191,7 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
     if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
         raise ValueError(f"--memory-budget-gb must be positive, got {args.memory_budget_gb}")
     cfg = model_config_from_args(args)
+    refuse(positions_problem(cfg, args.seq_length))
     budget = args.memory_budget_gb * GB if args.memory_budget_gb else None
     rows = plans(cfg, args.seq_length, args.gpus, args.gpu, args.micro_batch_size, args.dtype,
                  args.distributed_optimizer, budget)

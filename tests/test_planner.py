@@ -92,8 +92,8 @@ def test_only_tsp_and_cp_kv_bytes_grow_with_sequence_length():
 
 
 def test_cli_recommends_a_layout_that_fits(capsys):
-    rows = planner_main(["--model-size", "8b", "--seq-length", "131072", "--gpus", "8",
-                         "--gpu", "h100"])
+    rows = planner_main(["--model-size", "8b", "--seq-length", "131072",
+                         "--max-position-embeddings", "131072", "--gpus", "8", "--gpu", "h100"])
     assert rows[0].fits and rows[0].layout.scheme == "tsp"
     assert all(p.time_s_per_sequence >= rows[0].time_s_per_sequence for p in rows if p.fits)
     assert f"recommended: {rows[0].layout.name} " in capsys.readouterr().out

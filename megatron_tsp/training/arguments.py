@@ -18,7 +18,7 @@ import torch
 
 from megatron_tsp.layers.recompute import layer_recomputes
 from megatron_tsp.config import PRESETS, qwen3_preset
-from megatron_tsp.parallel_state import validate_tsp_config
+from megatron_tsp.size_rules import refuse, tsp_problem
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
 from megatron_tsp.training.launch_checks import (
     check_blend, check_load, check_numerics, check_save, check_split, check_training)
@@ -223,22 +223,6 @@ def _apply_shape(args, explicit: Set[str], saved) -> None:
         args.vocab_size = shape["vocab_size"]
 
 
-def _check_shape_values(args) -> None:
-    for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--num-query-groups",
-                 "--kv-channels", "--ffn-hidden-size", "--max-position-embeddings",
-                 "--seq-length"):
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is None or value <= 0:
-            raise ValueError(f"{flag} must be a positive integer, got {value}")
-    if args.num_attention_heads % args.num_query_groups:
-        raise ValueError(f"--num-attention-heads ({args.num_attention_heads}) must be a multiple "
-                         f"of --num-query-groups ({args.num_query_groups})")
-    if args.kv_channels % 2:
-        raise ValueError(f"--kv-channels must be even, got {args.kv_channels}: RoPE rotates the "
-                         "two halves of every head")
-    check_numerics(args)
-
-
 def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
     if torch.cuda.is_available():
         return
@@ -352,11 +336,14 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     # read first only when the shape comes from it: other flag errors are reported before it
     saved = _whole_checkpoint_args(args) if args.use_checkpoint_args else None
     _apply_shape(args, explicit, saved)
-    _check_shape_values(args)
-    _apply_cpu_defaults(args, explicit)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # the vocabulary is the tokenizer's when no flag gives it: no size rule concerns it
+    refuse(tsp_problem(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
+                       args.tsp_size, seq_length=args.seq_length, world_size=world_size,
+                       pipeline_size=args.pipeline_model_parallel_size))
+    check_numerics(args)
+    _apply_cpu_defaults(args, explicit)
     model_parallel = args.tsp_size * args.pipeline_model_parallel_size * args.context_parallel_size
-    # validate_tsp_config below refuses a world size these sizes do not divide
     data_parallel_size = max(1, world_size // max(1, model_parallel))
     _apply_data_defaults(args, explicit, data_parallel_size)
     check_split(args)
@@ -366,9 +353,6 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     # Megatron's default distributed-optimizer checkpoint reshards over data parallel only; TSP
     # users change --tsp-size with their cluster, so the state is saved fully reshardable
     args.dist_ckpt_optim_fully_reshardable = True
-    validate_tsp_config(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
-                        args.tsp_size, seq_length=args.seq_length, world_size=world_size,
-                        pipeline_size=args.pipeline_model_parallel_size)
     if args.save and args.save_interval is None:
         raise ValueError("--save needs --save-interval (iterations between checkpoints)")
     check_save(args)
