@@ -15,7 +15,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from megatron_tsp.config import Qwen3Config
-from megatron_tsp.models.mcore_gpt import transformer_config_from_qwen3
+from megatron_tsp.config_adapters import transformer_config_from_qwen3
 
 
 class FusedDotProductAttention(DotProductAttention):

@@ -20,22 +20,23 @@ pretrain_qwen3.py refuses.
 """
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional
 
 from megatron_tsp.config import Qwen3Config, qwen3_preset
+from megatron_tsp.config_adapters import UNTIE_FLAG
 from megatron_tsp.planner_bytes import RECOMPUTE, Layout, transfer_bytes
 from megatron_tsp.planner_flops import hardware_flops_per_token
 from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
 from megatron_tsp.size_rules import (
-    LAUNCHER, Flags, megatron_problem, positions_problem, refuse, tsp_problem)
+    LAUNCHER, SIZE_FIELDS, Flags, flag_of, megatron_problem, positions_problem, refuse,
+    tsp_problem)
 
 GIB, GB = 2 ** 30, 10 ** 9
 # what a layout may plan to allocate: the rest is left to what the planner does not model (the
 # CUDA context, NCCL's buffers, the caching allocator's fragmentation)
 USABLE_MEMORY_FRACTION = 0.9
-SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-               "kv_channels", "ffn_hidden_size", "vocab_size")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
@@ -77,26 +78,24 @@ class Plan:
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """--model-size and the explicit shape flags (which override the preset)."""
     parser.add_argument("--model-size", help="a Qwen3 preset: 0.6b ... 32b, tiny")
-    for flag in SHAPE_FLAGS:
-        parser.add_argument("--" + flag.replace("_", "-"), type=int, help="overrides the preset")
-    parser.add_argument("--max-position-embeddings", type=int,
-                        help="longest sequence the positions are meant for; overrides the preset")
-    parser.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    for field in SIZE_FIELDS:
+        parser.add_argument(flag_of(field), type=int, help="overrides the preset")
+    parser.add_argument(UNTIE_FLAG, action="store_true")
 
 
 def model_config_from_args(args: argparse.Namespace) -> Qwen3Config:
-    """The preset with the explicit shape flags applied; without a preset, every shape flag."""
-    given = {f: getattr(args, f) for f in SHAPE_FLAGS if getattr(args, f) is not None}
+    """The preset with the explicit shape flags applied; without a preset, every shape flag
+    that has no default."""
+    given = {f: getattr(args, f) for f in SIZE_FIELDS if getattr(args, f) is not None}
     if args.model_size:
         cfg = qwen3_preset(args.model_size).replace(**given)
     else:
-        missing = [f"--{f.replace('_', '-')}" for f in SHAPE_FLAGS if f not in given]
+        missing = [flag_of(f.name) for f in dataclasses.fields(Qwen3Config)
+                   if f.default is dataclasses.MISSING and f.name not in given]
         if missing:
             raise ValueError(f"without --model-size give every shape flag; missing "
                              f"{' '.join(missing)}")
         cfg = Qwen3Config(**given)
-    if args.max_position_embeddings is not None:
-        cfg = cfg.replace(max_position_embeddings=args.max_position_embeddings)
     return cfg.replace(tie_word_embeddings=False) if args.untie_embeddings_and_output_weights \
         else cfg
 

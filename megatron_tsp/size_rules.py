@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 # Qwen3Config fields that are sizes; each is set by the flag of its name (--num-layers, ...)
-_SIZES = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+SIZE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
           "ffn_hidden_size", "vocab_size", "max_position_embeddings")
 
 
@@ -28,7 +28,8 @@ class Flags:
 LAUNCHER = Flags()
 
 
-def _flag(field: str) -> str:
+def flag_of(field: str) -> str:
+    """The flag that sets a size field."""
     return "--" + field.replace("_", "-")
 
 
@@ -40,10 +41,10 @@ def refuse(problem: Optional[str]) -> None:
 
 def shape_problem(config) -> Optional[str]:
     """Rules of the model shape alone (a Qwen3Config or anything with its fields)."""
-    for field in _SIZES:
+    for field in SIZE_FIELDS:
         value = getattr(config, field)
         if value is None or value <= 0:
-            return f"{_flag(field)} must be a positive integer, got {value}"
+            return f"{flag_of(field)} must be a positive integer, got {value}"
     if config.num_attention_heads % config.num_query_groups:
         return (f"--num-attention-heads ({config.num_attention_heads}) must be a multiple of "
                 f"--num-query-groups ({config.num_query_groups})")
@@ -125,7 +126,7 @@ def megatron_problem(config, tp: int, cp: int, seq_length: int,
         return problem
     for field in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
         if getattr(config, field) % tp:
-            return (f"{_flag(field)} ({getattr(config, field)}) must be divisible by "
+            return (f"{flag_of(field)} ({getattr(config, field)}) must be divisible by "
                     f"{flags.group_size} ({tp}) for Megatron's tensor parallelism")
     if seq_length % (2 * cp) or seq_length % tp:
         return (f"{flags.seq_length} ({seq_length}) must be divisible by the sequence shards "

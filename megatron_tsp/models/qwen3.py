@@ -31,7 +31,8 @@ from megatron_tsp.layers.recompute import MODES, NONE, Recompute, layer_recomput
 from megatron_tsp.layers.rotary import rotary_cos_sin
 from megatron_tsp.layers.vocab import TSPEmbedding, vocab_cross_entropy, vocab_logits
 from megatron_tsp.config import Qwen3Config
-from megatron_tsp.models.mcore_gpt import build_mcore_qwen3, transformer_config_from_qwen3
+from megatron_tsp.config_adapters import transformer_config_from_qwen3
+from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
 
 _VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
 _OUTPUT_PROJECTIONS = ("linear_proj.weight", "linear_fc2.weight")

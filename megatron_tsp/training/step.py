@@ -17,7 +17,7 @@ from megatron_tsp import comm
 from megatron_tsp.checkpoint import checkpoint_args, has_checkpoint
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.models.qwen3 import TSPQwen3Model
-from megatron_tsp.training.arguments import qwen3_config_from_args
+from megatron_tsp.config_adapters import qwen3_config_from_args
 from megatron_tsp.training import nonfinite
 from megatron_tsp.training.data import get_local_batch
 
