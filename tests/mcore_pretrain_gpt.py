@@ -33,9 +33,6 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     import megatron_tsp  # noqa: F401  (applies the import and CPU adaptations first)
-    from megatron_tsp.compat.training import apply_training_adaptations
-
-    apply_training_adaptations()
 
     import torch
     from megatron.core import mpu

@@ -11,11 +11,10 @@ megatron-core's own handling.
 """
 
 import contextlib
+import functools
 import os
 
 from megatron_tsp.checkpoint import TRACKER_NAME
-
-_applied = False
 
 
 @contextlib.contextmanager
@@ -33,11 +32,8 @@ def replace_on_close(path: str, mode: str = "w"):
             os.remove(temporary)
 
 
+@functools.cache
 def apply_atomic_tracker() -> None:
-    global _applied
-    if _applied:
-        return
-    _applied = True
     import megatron.training.checkpointing as checkpointing
     from megatron.core.msc_utils import MaybeMultiStorageClient, MultiStorageClientFeature
 
