@@ -29,9 +29,9 @@ import megatron_tsp  # noqa: F401  (megatron-core adaptations before anything im
 import torch
 
 from megatron_tsp.config import Qwen3Config
-from megatron_tsp.planner import add_shape_arguments, model_config_from_args, unsupported
-from megatron_tsp.planner_bytes import Layout, transfer_bytes
-from megatron_tsp.planner_memory import memory_bytes
+from megatron_tsp.planner.plan import add_shape_arguments, model_config_from_args, unsupported
+from megatron_tsp.planner.transfers import Layout, transfer_bytes
+from megatron_tsp.planner.memory import memory_bytes
 from megatron_tsp.size_rules import Flags
 
 from benchmarks import report

@@ -1,18 +1,18 @@
 """The planner's formulas against real steps: bytes equal the counters, memory within 10%.
 
 Each scheme runs one warm-up and one measured training step per length on real gloo ranks
-(benchmarks.measure, the benchmark's own rank body); the planner (megatron_tsp.planner_bytes /
-planner_memory) must predict every transfer kind of every rank byte for byte, and the peak
+(benchmarks.measure, the benchmark's own rank body); the planner (megatron_tsp.planner.transfers /
+planner.memory) must predict every transfer kind of every rank byte for byte, and the peak
 memory of the busiest rank within 10%.
 """
 
 import pytest
 
 from megatron_tsp.config import Qwen3Config, qwen3_preset
-from megatron_tsp.planner import main as planner_main
-from megatron_tsp.planner import plans
-from megatron_tsp.planner_bytes import Layout, transfer_bytes, tp_cp_transfers, tp_sp_transfers
-from megatron_tsp.planner_memory import memory_bytes
+from megatron_tsp.planner.plan import main as planner_main
+from megatron_tsp.planner.plan import plans
+from megatron_tsp.planner.transfers import Layout, transfer_bytes, tp_cp_transfers, tp_sp_transfers
+from megatron_tsp.planner.memory import memory_bytes
 
 from benchmarks.compare_parallelism import planner_layout
 from benchmarks.launch import run_ranks

@@ -9,7 +9,7 @@ import pytest
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.config import Qwen3Config, qwen3_preset
 from megatron_tsp.layout import local_token_index
-from megatron_tsp.planner import plans
+from megatron_tsp.planner.plan import plans
 from megatron_tsp.size_rules import refuse, tsp_problem
 from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
 from tests.tsp_harness import tiny_config

@@ -6,10 +6,10 @@
 
 For every layout of `--gpus` GPUs (a model-parallel group of D GPUs, data parallel over the
 rest) and every recompute mode (TSP's of layers/recompute.py; Megatron's none or full) it
-predicts the per-GPU memory (megatron_tsp.planner_memory: params, grads, optimizer state, kept
+predicts the per-GPU memory (megatron_tsp.planner.memory: params, grads, optimizer state, kept
 activations, transient buffers; a GPU flash attention kernel), the bytes each GPU sends and
-receives per step (megatron_tsp.planner_bytes, the same formulas the benchmark's counters
-confirm byte for byte) and the FLOPs it computes (megatron_tsp.planner_flops, recompute
+receives per step (megatron_tsp.planner.transfers, the same formulas the benchmark's counters
+confirm byte for byte) and the FLOPs it computes (megatron_tsp.planner.flops, recompute
 included). It recommends, among the layouts that fit in 90% of the GPU's memory (the rest is
 left to the CUDA context, NCCL and allocator fragmentation) or of --memory-budget-gb, the
 fastest: compute time at the GPU's peak plus communication time (max(sent, received) over the
@@ -26,9 +26,9 @@ from typing import List, Optional
 
 from megatron_tsp.config import Qwen3Config, qwen3_preset
 from megatron_tsp.config_adapters import UNTIE_FLAG
-from megatron_tsp.planner_bytes import RECOMPUTE, Layout, transfer_bytes
-from megatron_tsp.planner_flops import hardware_flops_per_token
-from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
+from megatron_tsp.planner.transfers import RECOMPUTE, Layout, transfer_bytes
+from megatron_tsp.planner.flops import hardware_flops_per_token
+from megatron_tsp.planner.memory import MemoryEstimate, memory_bytes
 from megatron_tsp.size_rules import (
     LAUNCHER, SIZE_FIELDS, Flags, flag_of, megatron_problem, positions_problem, refuse,
     tsp_problem)
@@ -206,7 +206,3 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
                                f"sequence)" if best else "nothing fits; add GPUs or shorten the "
                                "sequence"))
     return rows
-
-
-if __name__ == "__main__":
-    main()

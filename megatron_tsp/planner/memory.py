@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.config import Qwen3Config
-from megatron_tsp.planner_bytes import FP32, Layout, params_per_rank, vocab_rows
+from megatron_tsp.planner.transfers import FP32, Layout, params_per_rank, vocab_rows
 
 INT64 = 8
 
