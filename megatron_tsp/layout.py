@@ -12,6 +12,7 @@ import torch
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import gather_along_sequence
 from megatron_tsp.size_rules import refuse, sequence_problem
+from megatron_tsp.transfer_kinds import LAYOUT_GATHER
 
 
 def local_chunks(rank: int, tsp_size: int) -> Tuple[int, int]:
@@ -40,7 +41,7 @@ def scatter_to_local(full: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([chunks[k] for k in local_chunks(p, D)], dim=dim)
 
 
-def gather_to_full(local: torch.Tensor, dim: int, kind: str = "layout_gather",
+def gather_to_full(local: torch.Tensor, dim: int, kind: str = LAYOUT_GATHER,
                    group=None) -> torch.Tensor:
     """Rebuild the full sequence on every rank from the local shards (autograd: reduce-scatter).
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 # Qwen3Config fields that are sizes; each is set by the flag of its name (--num-layers, ...)
-SIZE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
-          "ffn_hidden_size", "vocab_size", "max_position_embeddings")
+SIZE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+               "kv_channels", "ffn_hidden_size", "vocab_size", "max_position_embeddings")
 
 
 @dataclass(frozen=True)

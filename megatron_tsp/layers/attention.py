@@ -32,6 +32,7 @@ from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.layers.rotary import apply_rotary
 from megatron_tsp.layout import gather_to_full, local_chunks
 from megatron_tsp.config import Qwen3Config
+from megatron_tsp.transfer_kinds import ATTN_KV, ATTN_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _core_attention(q, kv_local):
     """The step's keys/values gathered over the group (autograd: reduce-scattered back), on a
     group of their own so they never wait behind a weight transfer, then attention of the local
     queries: -> [s, b, hs * hd]."""
-    kv_full = gather_to_full(kv_local, dim=0, kind="attn_kv", group=ps.get_tsp_kv_group())
+    kv_full = gather_to_full(kv_local, dim=0, kind=ATTN_KV, group=ps.get_tsp_kv_group())
     return zigzag_causal_attention(q, kv_full[:, 0], kv_full[:, 1])
 
 
@@ -176,7 +177,7 @@ class _AttentionSchedule(torch.autograd.Function):
         ctx.save_for_backward(x, w_qkv, w_proj, q_norm, k_norm, cos, sin)
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         ctx.kept = []
-        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
+        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, ATTN_WEIGHTS)
         for _, (wq, wp) in stream:
             out, kept = _forward_step(x, wq, (q_norm, k_norm), cos, sin, shape, recompute)
             ctx.kept.append(kept)
@@ -190,7 +191,7 @@ class _AttentionSchedule(torch.autograd.Function):
         grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         grad_q_norm = torch.zeros(q_norm.shape, dtype=torch.float32, device=x.device)
         grad_k_norm = torch.zeros_like(grad_q_norm)
-        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
+        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, ATTN_WEIGHTS)
         for step, (wq, wp) in stream:
             kept, ctx.kept[step] = ctx.kept[step], None  # freed as backward goes
             dx, dwq, dwp, dqn, dkn = _backward_step(kept, x, wq, wp, grad_y, (q_norm, k_norm),
