@@ -32,7 +32,7 @@ from megatron_tsp.config import Qwen3Config
 from megatron_tsp.planner.plan import add_shape_arguments, model_config_from_args, unsupported
 from megatron_tsp.planner.transfers import Layout, transfer_bytes
 from megatron_tsp.planner.memory import memory_bytes
-from megatron_tsp.size_rules import Flags
+from megatron_tsp.size_rules import Flags, tsp_problem
 
 from benchmarks import report
 from benchmarks.launch import run_ranks
@@ -92,6 +92,10 @@ def validate(args: argparse.Namespace, cfg: Qwen3Config) -> None:
     D = args.group_size
     if D < 2:
         raise ValueError(f"--group-size must be >= 2 (the single scheme is D = 1), got {D}")
+    # every scheme of D ranks starts from the TSP model's weights at D (benchmarks/schemes.py)
+    problem = tsp_problem(cfg, D, flags=BENCHMARK_FLAGS)
+    if problem and set(args.schemes) != {"single"}:
+        raise ValueError(f"{problem} (every scheme starts from the TSP model's weights)")
     for scheme in args.schemes:
         for S in args.seq_lengths:
             problem = unsupported(planner_layout(scheme, D), cfg, S, BENCHMARK_FLAGS)
