@@ -28,10 +28,11 @@ from typing import List, Optional
 import megatron_tsp  # noqa: F401  (megatron-core adaptations before anything imports it)
 import torch
 
-from megatron_tsp.models.config import Qwen3Config
-from megatron_tsp.planner import add_shape_arguments, model_config_from_args
-from megatron_tsp.planner_bytes import Layout, transfer_bytes
-from megatron_tsp.planner_memory import GLOO_COLLECTIVE_COPIES, memory_bytes
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.planner.memory import GLOO_COLLECTIVE_COPIES, memory_bytes
+from megatron_tsp.planner.plan import add_shape_arguments, model_config_from_args, unsupported
+from megatron_tsp.planner.transfers import Layout, transfer_bytes
+from megatron_tsp.size_rules import Flags, tsp_problem
 
 from benchmarks import report
 from benchmarks.launch import run_ranks
@@ -91,22 +92,15 @@ def validate(args: argparse.Namespace, cfg: Qwen3Config) -> None:
     D = args.group_size
     if D < 2:
         raise ValueError(f"--group-size must be >= 2 (the single scheme is D = 1), got {D}")
-    for flag, value in (("--num-attention-heads", cfg.num_attention_heads),
-                        ("--ffn-hidden-size", cfg.ffn_hidden_size)):
-        if value % D:  # TP and TSP split heads and the FFN D ways
-            raise ValueError(f"{flag} ({value}) must be divisible by --group-size ({D})")
-    G = cfg.num_query_groups
-    if {"tp", "tp-sp"} & set(args.schemes) and G % D:
-        raise ValueError(f"--num-query-groups ({G}) must be divisible by --group-size ({D}) "
-                         f"for tp and tp-sp (leave them out of --schemes to run TSP with fewer "
-                         f"kv groups than ranks)")
-    if set(TSP_SCHEMES) & set(args.schemes) and G % D and D % G:
-        raise ValueError(f"--num-query-groups ({G}) must be a multiple or a divisor of "
-                         f"--group-size ({D}) for tsp")
-    for S in args.seq_lengths:
-        if S <= 0 or S % (2 * D):
-            raise ValueError(f"--seq-lengths: {S} is not a positive multiple of 2 x "
-                             f"--group-size ({2 * D}) (the zigzag layout of tsp and cp)")
+    # every scheme of D ranks starts from the TSP model's weights at D (benchmarks/schemes.py)
+    problem = tsp_problem(cfg, D, flags=BENCHMARK_FLAGS)
+    if problem and set(args.schemes) != {"single"}:
+        raise ValueError(f"{problem} (every scheme starts from the TSP model's weights)")
+    for scheme in args.schemes:
+        for S in args.seq_lengths:
+            problem = unsupported(planner_layout(scheme, D), cfg, S, BENCHMARK_FLAGS)
+            if problem:
+                raise ValueError(f"{problem} (--schemes {scheme})")
     if args.micro_batch_size < 1:
         raise ValueError(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
     if args.measured_steps < 1:
@@ -115,6 +109,10 @@ def validate(args: argparse.Namespace, cfg: Qwen3Config) -> None:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.fabric and args.emulate_link:
         raise ValueError("--fabric and --emulate-link both set the link; give one")
+
+
+# the flags of this command line that set the sizes the planner's rules speak of
+BENCHMARK_FLAGS = Flags(group_size="--group-size", seq_length="--seq-lengths")
 
 
 def planner_layout(scheme: str, D: int) -> Layout:
@@ -128,7 +126,8 @@ def predicted(scheme: str, cfg: Qwen3Config, D: int, S: int, b: int) -> dict:
     """The planner's numbers for a run on this machine (fp32)."""
     layout = planner_layout(scheme, D)
     transfers = transfer_bytes(layout, cfg, S, b, e=4)
-    return {"peak_bytes": memory_bytes(layout, cfg, S, b, e=4, collective_copies=GLOO_COLLECTIVE_COPIES).total,
+    memory = memory_bytes(layout, cfg, S, b, e=4, collective_copies=GLOO_COLLECTIVE_COPIES)
+    return {"peak_bytes": memory.total,
             "sent_bytes": sum(s for s, _ in transfers.values()),
             "received_bytes": sum(r for _, r in transfers.values())}
 

@@ -24,7 +24,8 @@ from megatron_tsp.layers.mlp import swiglu_mlp
 from megatron_tsp.layers.norm import rms_norm
 from megatron_tsp.layers.rotary import apply_rotary, rotary_cos_sin
 from megatron_tsp.layout import gather_to_full
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.transfer_kinds import CP_KV, CP_WEIGHT_GRADS
 
 
 def _layer(x, w: Dict[str, torch.Tensor], cfg: Qwen3Config, cos, sin):
@@ -39,7 +40,7 @@ def _layer(x, w: Dict[str, torch.Tensor], cfg: Qwen3Config, cos, sin):
     k = apply_rotary(rms_norm(qkv[:, :, :, hpg], w["self_attention.k_layernorm.weight"], eps),
                      cos, sin)
     # [s, 2, b, ng, hd] -> [S, 2, b, ng, hd]: only the kv heads, never repeated for GQA
-    kv = gather_to_full(torch.stack([k, qkv[:, :, :, hpg + 1]], dim=1), dim=0, kind="cp_kv")
+    kv = gather_to_full(torch.stack([k, qkv[:, :, :, hpg + 1]], dim=1), dim=0, kind=CP_KV)
     o = zigzag_causal_attention(q, kv)
     x = x + o @ w["self_attention.linear_proj.weight"].t()
     m = rms_norm(x, w["pre_mlp_layernorm.weight"], eps)
@@ -84,4 +85,4 @@ class CPQwen3Model(nn.Module):
 
     def all_reduce_grads(self) -> None:
         """Sum the partial weight gradients (local tokens only) over the group."""
-        all_reduce_sum(self.grad_buffer, "cp_weight_grads")
+        all_reduce_sum(self.grad_buffer, CP_WEIGHT_GRADS)

@@ -6,7 +6,7 @@ Each setting (model size : layers : sequence length : D) runs tests/fake_gpu_ste
 first and the last rank of the group (fake process group, FakeTensorMode, bf16, micro-batch 1,
 two iterations so Adam's state exists): the step's real code at the real shape, with torch's
 MemTracker counting every storage it makes. The planner's prediction
-(megatron_tsp.planner_memory, a flash attention kernel, no distributed optimizer) stands beside
+(megatron_tsp.planner.memory, a flash attention kernel, no distributed optimizer) stands beside
 it. Writes benchmarks/results/NAME.{json,md} and prints the table.
 """
 
@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from megatron_tsp.models.config import qwen3_preset
-from megatron_tsp.planner_bytes import Layout
-from megatron_tsp.planner_memory import memory_bytes
+from megatron_tsp.config import qwen3_preset
+from megatron_tsp.planner.transfers import Layout
+from megatron_tsp.planner.memory import memory_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

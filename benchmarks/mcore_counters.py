@@ -23,10 +23,12 @@ import sys
 import torch.distributed as dist
 
 from megatron_tsp.comm import count_bytes, exposed
+from megatron_tsp.transfer_kinds import (
+    REPLICATED_GRADS, SP_ALL_GATHER, SP_REDUCE_SCATTER, TP_ALL_REDUCE, VOCAB_LOSS)
 
 _CALLER_KINDS = {
-    "megatron.core.tensor_parallel.cross_entropy": "vocab_loss",
-    "megatron.core.distributed.finalize_model_grads": "replicated_grads",
+    "megatron.core.tensor_parallel.cross_entropy": VOCAB_LOSS,
+    "megatron.core.distributed.finalize_model_grads": REPLICATED_GRADS,
 }
 _installed = False
 
@@ -42,7 +44,7 @@ def _group_size(group) -> int:
 
 def _count_all_reduce(real):
     def all_reduce(tensor, *args, group=None, **kwargs):
-        size, kind = _group_size(group), _kind("tp_all_reduce")
+        size, kind = _group_size(group), _kind(TP_ALL_REDUCE)
         if size > 1:  # megatron's cross entropy all-reduces even over a group of one
             moved = 2 * tensor.numel() * tensor.element_size() * (size - 1) // size
             count_bytes(kind, sent=moved, received=moved)
@@ -53,7 +55,7 @@ def _count_all_reduce(real):
 
 def _count_all_gather_into_tensor(real):
     def all_gather_into_tensor(output, input_, group=None, **kwargs):
-        n, kind = input_.numel() * input_.element_size(), _kind("sp_all_gather")
+        n, kind = input_.numel() * input_.element_size(), _kind(SP_ALL_GATHER)
         count_bytes(kind, sent=n, received=n * (_group_size(group) - 1))
         with exposed(kind):
             return real(output, input_, group=group, **kwargs)
@@ -63,7 +65,7 @@ def _count_all_gather_into_tensor(real):
 def _count_reduce_scatter_tensor(real):
     def reduce_scatter_tensor(output, input_, group=None, **kwargs):
         moved = output.numel() * output.element_size() * (_group_size(group) - 1)
-        kind = _kind("sp_reduce_scatter")
+        kind = _kind(SP_REDUCE_SCATTER)
         count_bytes(kind, sent=moved, received=moved)
         with exposed(kind):
             return real(output, input_, group=group, **kwargs)

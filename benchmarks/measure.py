@@ -15,10 +15,11 @@ import torch
 import torch.distributed as dist
 
 from megatron_tsp import comm
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.device import compute_device
 
 from benchmarks.memory import PeakMemory
-from benchmarks.schemes import SchemeRank, device, make_batch
+from benchmarks.schemes import SchemeRank, make_batch
 
 
 def _now() -> float:
@@ -30,7 +31,7 @@ def _now() -> float:
 
 def matmul_gflops(size: int = 512, repeats: int = 8) -> float:
     """This rank's fp32 matmul speed while the other ranks do the same (compute per byte)."""
-    a, b = torch.randn(size, size, device=device()), torch.randn(size, size, device=device())
+    a, b = (torch.randn(size, size, device=compute_device()) for _ in range(2))
     a @ b
     dist.barrier()
     start = _now()

@@ -7,8 +7,9 @@
     cp      context parallel, full replicated weights (benchmarks/cp_model.py)
     single  megatron-core GPTModel on one process (D = 1)
 
-Every scheme starts from the same full weights (benchmarks/weights.py) and sees the same batch,
-so all report the same loss. Gradients stay allocated between steps (zeroed, not freed), as
+Every scheme starts from the same weights, TSPQwen3Model.init_weights(seed) at this group's size
+(whose shards are Megatron's TP shards, gathered whole by full_state_dict for cp), and sees the
+same batch, so all report the same loss. Gradients stay allocated between steps (zeroed, not freed), as
 Megatron's DDP grad buffers do, so they count in every step's memory. Models and batches live on
 the rank's GPU when there is one (launch.py picks it), else on the CPU.
 """
@@ -24,10 +25,10 @@ from megatron_tsp import parallel_state as ps
 from megatron_tsp.layers.recompute import MODES
 from megatron_tsp.layers.vocab import masked_token_mean
 from megatron_tsp.layout import scatter_to_local
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.device import compute_device
 
 from benchmarks.memory import PeakMemory
-from benchmarks.weights import full_weights, pad_rows, tensor_parallel_shard
 
 TSP_SCHEMES = tuple("tsp" if mode == "none" else f"tsp+{mode}" for mode in MODES)
 SCHEMES = (*TSP_SCHEMES, "tp", "tp-sp", "cp", "single")
@@ -51,29 +52,30 @@ class Batch:
     positions: torch.Tensor
 
 
-def device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")
-
-
 def make_batch(vocab_size: int, micro_batch_size: int, seq_length: int, seed: int) -> Batch:
     generator = torch.Generator().manual_seed(seed + seq_length)
     ids = torch.randint(0, vocab_size, (micro_batch_size, seq_length + 1), generator=generator)
     positions = torch.arange(seq_length).expand(micro_batch_size, seq_length)
-    return Batch(*(t.contiguous().to(device()) for t in (ids[:, :-1], ids[:, 1:], positions)))
+    return Batch(*(t.contiguous().to(compute_device())
+                   for t in (ids[:, :-1], ids[:, 1:], positions)))
 
 
 def _local(batch: Batch):
     return tuple(scatter_to_local(t, dim=1) for t in (batch.tokens, batch.labels, batch.positions))
 
 
-def _build_tsp(config: Qwen3Config, full: Dict[str, torch.Tensor], mode: str):
-    from megatron_tsp.models.full_weights import load_full_state_dict
+def _tsp_model(config: Qwen3Config, seed: int, mode: str = "none"):
+    """The model every scheme trains, as TSP holds it at this group's size."""
     from megatron_tsp.models.qwen3 import build_tsp_qwen3
 
     model = build_tsp_qwen3(config, mode)
-    load_full_state_dict(model, full)
-    model.to(device())
+    model.init_weights(seed)
+    return model
+
+
+def _build_tsp(config: Qwen3Config, seed: int, mode: str):
+    model = _tsp_model(config, seed, mode)
+    model.to(compute_device())
 
     def forward_backward(batch: Batch, memory: Optional[PeakMemory]) -> torch.Tensor:
         ids, labels, positions = _local(batch)
@@ -87,10 +89,12 @@ def _build_tsp(config: Qwen3Config, full: Dict[str, torch.Tensor], mode: str):
     return model, forward_backward
 
 
-def _build_cp(config: Qwen3Config, full: Dict[str, torch.Tensor]):
+def _build_cp(config: Qwen3Config, seed: int):
+    from megatron_tsp.models.full_weights import full_state_dict
+
     from benchmarks.cp_model import CPQwen3Model
 
-    model = CPQwen3Model(config, full, device())
+    model = CPQwen3Model(config, full_state_dict(_tsp_model(config, seed)), compute_device())
 
     def forward_backward(batch: Batch, memory: Optional[PeakMemory]) -> torch.Tensor:
         ids, labels, positions = _local(batch)
@@ -104,28 +108,26 @@ def _build_cp(config: Qwen3Config, full: Dict[str, torch.Tensor]):
     return model, forward_backward
 
 
-def _build_megatron(config: Qwen3Config, full: Dict[str, torch.Tensor], tp: int,
-                    sequence_parallel: bool):
+def _build_megatron(config: Qwen3Config, seed: int, tp: int, sequence_parallel: bool):
     from megatron.core.distributed.finalize_model_grads import (
         _allreduce_non_tensor_model_parallel_grads,
     )
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
+
     from benchmarks import mcore_counters
-    from benchmarks.mcore_model import build_gpt_model
+    from benchmarks.fused_attention import FusedDotProductAttention
 
     mcore_counters.install()
     model_parallel_cuda_manual_seed(0)
-    model = build_gpt_model(config, tp, sequence_parallel, torch.float32)
-    rank, rows = ps.get_tsp_rank(), config.padded_vocab_size(tp)
+    model = build_mcore_qwen3(config, tp, sequence_parallel,
+                              core_attention=FusedDotProductAttention)
+    # TSP's shards at D are GPTModel's at tensor-parallel size D, name for name
+    shards = dict(_tsp_model(config, seed).named_parameters())
     with torch.no_grad():
         for name, param in model.named_parameters():
-            tensor = full[name]
-            if "word_embeddings" in name or "output_layer" in name:
-                tensor = pad_rows(tensor, rows)
-            if getattr(param, "tensor_model_parallel", False):
-                tensor = tensor_parallel_shard(name, tensor, param.partition_dim, rank, tp)
-            param.copy_(tensor)
+            param.copy_(shards[name])
     # finalize_model_grads' norm-gradient sum reads the DDP config only for its FSDP switch
     model.ddp_config = types.SimpleNamespace(use_megatron_fsdp=False)
 
@@ -156,14 +158,13 @@ class SchemeRank:
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r} in --schemes; choose from {SCHEMES}")
         ps.initialize_tsp(scheme_group_size(scheme, group_size))
-        full = full_weights(config, seed)
         D = ps.get_tsp_world_size()
         if scheme in TSP_SCHEMES:
-            self.model, self._forward_backward = _build_tsp(config, full, tsp_mode(scheme))
+            self.model, self._forward_backward = _build_tsp(config, seed, tsp_mode(scheme))
         elif scheme == "cp":
-            self.model, self._forward_backward = _build_cp(config, full)
+            self.model, self._forward_backward = _build_cp(config, seed)
         else:  # tp, tp-sp, single (D = 1)
-            self.model, self._forward_backward = _build_megatron(config, full, D,
+            self.model, self._forward_backward = _build_megatron(config, seed, D,
                                                                  scheme == "tp-sp")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
 

@@ -1,45 +1,14 @@
-"""Checkpoints: the TSP model's `sharded_state_dict` (exactly GPTModel's at tensor-parallel size
-D), and where a Megatron checkpoint directory keeps its latest iteration and arguments.
-
-Rather than restating Megatron's checkpoint rules (stacked layer keys, the local spec's norm
-renames, the SwiGLU factory that stores fc1 TP-invariantly, vocab padding, replica ids), a
-GPTModel of the same shape is built on the meta device, asked for its sharded_state_dict, and
-this model's parameters are put in place of the skeleton's. Shards are interchangeable because
-the TSP shards are GPTModel's TP shards (see layers/linear.py).
+"""A Megatron checkpoint on disk: where its directory keeps the latest iteration (the tracker
+file), whether its shard files are whole, the arguments it was saved with, and loading a model's
+weights from it. The model's own `sharded_state_dict` lives beside the model (models/qwen3.py).
 """
 
 from pathlib import Path
 
 import torch
-from megatron.core.dist_checkpointing.mapping import ShardedStateDict
 
-from megatron_tsp import parallel_state as ps
-from megatron_tsp.compat.tracker import TRACKER_NAME
-from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
-
-
-def tsp_sharded_state_dict(model: torch.nn.Module, prefix: str = "", sharded_offsets=(),
-                           metadata=None) -> ShardedStateDict:
-    params = dict(model.named_parameters())
-    dtype = next(iter(params.values())).dtype
-    with torch.device("meta"):
-        skeleton = build_mcore_qwen3(model.qwen3_config, ps.get_tsp_world_size(),
-                                     params_dtype=dtype, pre_process=model.pre_process,
-                                     post_process=model.post_process,
-                                     pipeline_model_parallel_size=model.config
-                                     .pipeline_model_parallel_size)
-    sharded = skeleton.sharded_state_dict(prefix, sharded_offsets, metadata)
-    used = set()
-    for name, item in sharded.items():
-        param_name = name[len(prefix):]
-        if param_name not in params:
-            assert param_name.endswith("_extra_state"), name
-            continue
-        assert tuple(item.data.shape) == tuple(params[param_name].shape), name
-        item.data = params[param_name]
-        used.add(param_name)
-    assert used == params.keys(), sorted(params.keys() - used)
-    return sharded
+# Megatron's tracker file: names the latest saved iteration (or 'release')
+TRACKER_NAME = "latest_checkpointed_iteration.txt"
 
 
 def has_checkpoint(load) -> bool:

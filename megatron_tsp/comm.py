@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tsp import parallel_state as ps
+from megatron_tsp.transfer_kinds import REPLICATED_GRADS, grad_kind
 
 _counters: Dict[str, Dict[str, int]] = defaultdict(lambda: {"sent": 0, "received": 0})
 _exposed_s: Dict[str, float] = defaultdict(float)
@@ -143,7 +144,7 @@ class _GatherAlongSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_full):
-        kind = ctx.kind + "_grad"
+        kind = grad_kind(ctx.kind)
         local, work = reduce_scatter_async(grad_full, kind, ctx.group)
         wait_all([work], kind)
         return local, None, None
@@ -217,10 +218,10 @@ class ShardBroadcast:
                     self._own_grad_buffers = self._own_grad_buffers or [None] * len(self.dims)
                     self._own_grad_buffers[i] = block
                 if self.D > 1:
-                    self._reduce_work.append(reduce_to_owner(block, owner, self.kind + "_grad"))
+                    self._reduce_work.append(reduce_to_owner(block, owner, grad_kind(self.kind)))
 
     def owned_grads(self) -> List[torch.Tensor]:
-        wait_all(self._reduce_work, self.kind + "_grad")
+        wait_all(self._reduce_work, grad_kind(self.kind))
         assert self._own_grad_buffers is not None
         return self._own_grad_buffers
 
@@ -235,12 +236,12 @@ class _Visit:
     def accumulate(self, grads: Sequence[torch.Tensor]) -> None:
         """Add this rank's contribution to the visiting shard's gradient, then pass it on."""
         ring = self.ring
-        wait_all(ring._acc_work, ring.kind + "_grad")
+        wait_all(ring._acc_work, grad_kind(ring.kind))
         for acc, g in zip(ring._acc, grads):
             acc.add_(g.float())
         if ring.D > 1:
             incoming = [torch.empty_like(a) for a in ring._acc]
-            ring._acc_work = ring_shift(ring._acc, incoming, ring.kind + "_grad")
+            ring._acc_work = ring_shift(ring._acc, incoming, grad_kind(ring.kind))
             ring._acc = incoming
 
 
@@ -271,7 +272,7 @@ class ShardRing:
 
     def owned_grads(self) -> List[torch.Tensor]:
         """The summed gradient of this rank's own shard (after the ring has run)."""
-        wait_all(self._acc_work, self.kind + "_grad")
+        wait_all(self._acc_work, grad_kind(self.kind))
         return self._acc
 
 
@@ -282,6 +283,6 @@ def all_reduce_replicated_grads(module: torch.nn.Module) -> None:
              if getattr(p, "sequence_parallel", False) and p.grad is not None]
     if grads and ps.get_tsp_world_size() > 1:
         flat = torch.cat([g.reshape(-1).float() for g in grads])
-        all_reduce_sum(flat, "replicated_grads")
+        all_reduce_sum(flat, REPLICATED_GRADS)
         for g, part in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(part.view_as(g))

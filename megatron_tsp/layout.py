@@ -12,6 +12,8 @@ import torch
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import (all_gather_async, gather_along_sequence, reduce_scatter_async,
                                wait_all)
+from megatron_tsp.size_rules import refuse, sequence_problem
+from megatron_tsp.transfer_kinds import LAYOUT_GATHER
 
 
 def local_chunks(rank: int, tsp_size: int) -> Tuple[int, int]:
@@ -19,17 +21,11 @@ def local_chunks(rank: int, tsp_size: int) -> Tuple[int, int]:
     return rank, 2 * tsp_size - 1 - rank
 
 
-def _check_length(seq_length: int, tsp_size: int) -> None:
-    if seq_length % (2 * tsp_size):
-        raise ValueError(
-            f"--seq-length ({seq_length}) must be a multiple of 2 x --tsp-size ({2 * tsp_size})")
-
-
 def local_token_index(seq_length: int, rank: int, tsp_size: int,
                       device: Optional[torch.device] = None) -> torch.Tensor:
     """Global token indices [S/D] of the tokens a rank holds, in local order (the RoPE positions
     of its tokens), made on `device`."""
-    _check_length(seq_length, tsp_size)
+    refuse(sequence_problem(seq_length, tsp_size))
     c = seq_length // (2 * tsp_size)
     return torch.cat([torch.arange(k * c, (k + 1) * c, device=device)
                       for k in local_chunks(rank, tsp_size)])
@@ -41,7 +37,7 @@ def scatter_to_local(full: torch.Tensor, dim: int) -> torch.Tensor:
     D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
     if D == 1:
         return full
-    _check_length(full.shape[dim], D)
+    refuse(sequence_problem(full.shape[dim], D))
     chunks = full.chunk(2 * D, dim=dim)
     return torch.cat([chunks[k] for k in local_chunks(p, D)], dim=dim)
 
@@ -101,7 +97,7 @@ class SequenceReduceScatter:
         return self._local
 
 
-def gather_to_full(local: torch.Tensor, dim: int, kind: str = "layout_gather",
+def gather_to_full(local: torch.Tensor, dim: int, kind: str = LAYOUT_GATHER,
                    group=None) -> torch.Tensor:
     """Rebuild the full sequence on every rank from the local shards (autograd: reduce-scatter),
     over the TSP group, or `group` (the same ranks)."""

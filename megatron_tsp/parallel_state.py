@@ -2,7 +2,8 @@
 
 Every rank of a TSP group holds 1/D of every weight and 1/D of every sequence. Megatron's own
 parallel_state owns the groups (so its DDP, optimizer and checkpointing see a TP group of size D);
-this module names them for what they are here and validates sizes before any group exists.
+this module names them for what they are here, and refuses a world size they cannot divide before
+any group exists (the other size rules: size_rules.py).
 """
 
 import os
@@ -13,56 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
-from megatron_tsp.models.config import Qwen3Config
-
-
-def validate_tsp_config(
-    config: Qwen3Config,
-    tsp_size: int,
-    seq_length: Optional[int] = None,
-    world_size: Optional[int] = None,
-    pipeline_size: int = 1,
-) -> None:
-    """Raise ValueError naming the flag for any size TSP cannot run (DESIGN.md section 7)."""
-    if tsp_size < 1:
-        raise ValueError(f"--tsp-size must be >= 1, got {tsp_size}")
-    if pipeline_size < 1:
-        raise ValueError(f"--pipeline-model-parallel-size must be >= 1, got {pipeline_size}")
-    if config.num_attention_heads % tsp_size:
-        raise ValueError(
-            f"--num-attention-heads ({config.num_attention_heads}) must be divisible by "
-            f"--tsp-size ({tsp_size})")
-    groups = config.num_query_groups
-    if groups % tsp_size and tsp_size % groups:
-        raise ValueError(
-            f"--num-query-groups ({groups}) must be a multiple or a divisor of "
-            f"--tsp-size ({tsp_size})")
-    if (config.num_attention_heads + 2 * groups) * config.kv_channels % tsp_size:
-        raise ValueError(
-            f"--kv-channels ({config.kv_channels}) x (heads + 2 x query groups) must be divisible "
-            f"by --tsp-size ({tsp_size})")
-    if config.ffn_hidden_size % tsp_size:
-        raise ValueError(
-            f"--ffn-hidden-size ({config.ffn_hidden_size}) must be divisible by "
-            f"--tsp-size ({tsp_size})")
-    if seq_length is not None:
-        if seq_length <= 0 or seq_length % (2 * tsp_size):
-            raise ValueError(
-                f"--seq-length ({seq_length}) must be a positive multiple of 2 x --tsp-size "
-                f"({2 * tsp_size}): the zigzag layout cuts each sequence into 2D equal chunks")
-        if seq_length > config.max_position_embeddings:
-            raise ValueError(
-                f"--seq-length ({seq_length}) exceeds --max-position-embeddings "
-                f"({config.max_position_embeddings})")
-    if world_size is not None:
-        check_world_size(world_size, tsp_size, pipeline_size)
-
-
-def check_world_size(world_size: int, tsp_size: int, pipeline_size: int = 1) -> None:
-    if world_size % (tsp_size * pipeline_size):
-        raise ValueError(
-            f"world size ({world_size}) must be divisible by --tsp-size ({tsp_size}) x "
-            f"--pipeline-model-parallel-size ({pipeline_size})")
+from megatron_tsp.size_rules import refuse, world_problem
 
 
 def default_backend() -> str:
@@ -78,8 +30,8 @@ def initialize_tsp(tsp_size: int, pipeline_model_parallel_size: int = 1,
     already shards the sequence.
     """
     if not dist.is_initialized():
-        check_world_size(int(os.environ.get("WORLD_SIZE", "1")), tsp_size,
-                         pipeline_model_parallel_size)
+        refuse(world_problem(int(os.environ.get("WORLD_SIZE", "1")), tsp_size,
+                             pipeline_model_parallel_size))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         os.environ.setdefault("RANK", "0")
@@ -88,7 +40,7 @@ def initialize_tsp(tsp_size: int, pipeline_model_parallel_size: int = 1,
                                 timeout=timedelta(minutes=timeout_minutes))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    check_world_size(dist.get_world_size(), tsp_size, pipeline_model_parallel_size)
+    refuse(world_problem(dist.get_world_size(), tsp_size, pipeline_model_parallel_size))
     mpu.initialize_model_parallel(
         tensor_model_parallel_size=tsp_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,

@@ -81,16 +81,16 @@ def cmd_losses(args) -> int:
 # --- (b) throughput and MFU, (d) memory against the planner ---------------------------------
 
 def model_config(model_size: str, num_layers=None):
-    from megatron_tsp.models.config import qwen3_preset
+    from megatron_tsp.config import qwen3_preset
     cfg = qwen3_preset(model_size)
     return cfg.replace(num_layers=num_layers) if num_layers else cfg
 
 
 def flops_per_token(cfg, seq_length: int, recompute: bool = False) -> float:
     """Model FLOPs per token, or with `recompute` the hardware FLOPs of TSP's full recompute (the
-    mode this check runs): megatron_tsp.planner_flops."""
-    from megatron_tsp.planner_bytes import Layout
-    from megatron_tsp.planner_flops import hardware_flops_per_token, model_flops_per_token
+    mode this check runs): megatron_tsp.planner.flops."""
+    from megatron_tsp.planner.transfers import Layout
+    from megatron_tsp.planner.flops import hardware_flops_per_token, model_flops_per_token
     if recompute:
         return float(hardware_flops_per_token(Layout("tsp", recompute="full"), cfg, seq_length))
     return float(model_flops_per_token(cfg, seq_length))
@@ -120,8 +120,8 @@ def planner_prediction_bytes(cfg, seq_length: int, micro_batch_size: int = 1, ts
                              distributed_optimizer: bool = False) -> int:
     """The planner's peak bytes per rank (bf16) for this run (full recompute, as
     scripts/gpu_check.sh runs it)."""
-    from megatron_tsp.planner_bytes import Layout
-    from megatron_tsp.planner_memory import memory_bytes
+    from megatron_tsp.planner.transfers import Layout
+    from megatron_tsp.planner.memory import memory_bytes
     return memory_bytes(Layout("tsp", tp=tsp_size, recompute="full"), cfg, seq_length,
                         micro_batch_size, 2,
                         distributed_optimizer=distributed_optimizer).total

@@ -88,7 +88,7 @@ def run(args) -> dict:
     from megatron_tsp.device import set_compute_device
     from megatron_tsp.layers.vocab import masked_token_mean
     from megatron_tsp.layout import local_token_index, scatter_to_local
-    from megatron_tsp.models.config import qwen3_preset
+    from megatron_tsp.config import qwen3_preset
     from megatron_tsp.models.qwen3 import build_tsp_qwen3
     from tests.fake_gpu import StepAudit, peak_bytes, start_fake_rank, use_gpu_attention_kernels
 

@@ -33,9 +33,7 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     import megatron_tsp  # noqa: F401  (applies the import and CPU adaptations first)
-    from megatron_tsp.compat.training import apply_training_adaptations
-
-    apply_training_adaptations()
+    from megatron_tsp.device import compute_device
 
     import torch
     from megatron.core import mpu
@@ -61,11 +59,6 @@ if __name__ == "__main__":
     )
 
 _BATCH_KEYS = ("tokens", "labels", "loss_mask", "attention_mask", "position_ids")
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")
 
 
 def model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
@@ -99,7 +92,7 @@ def get_batch(data_iterator, vp_stage=None):
     batch = {}
     if mpu.get_tensor_model_parallel_rank() == 0:
         batch = next(data_iterator)
-        batch = {key: batch[key].to(_device(), non_blocking=True) if batch.get(key) is not None
+        batch = {key: batch[key].to(compute_device(), non_blocking=True) if batch.get(key) is not None
                  else None for key in _BATCH_KEYS}
     batch = get_batch_on_this_tp_rank(
         batch,

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from megatron_tsp.models.config import qwen3_preset
-from megatron_tsp.planner_bytes import Layout
-from megatron_tsp.planner_memory import memory_bytes
+from megatron_tsp.config import qwen3_preset
+from megatron_tsp.planner.transfers import Layout
+from megatron_tsp.planner.memory import memory_bytes
 from tests.fake_gpu import StepAudit
 from tests.pretrain_runner import ROOT
 

@@ -37,9 +37,9 @@ CANNED = "\n".join([_throughput(99999999.0, 40000.0), _iteration(1, "1.196000E+0
 
 
 def test_mfu_and_planner_prediction_from_a_canned_log(tmp_path, capsys):
-    from megatron_tsp.models.config import qwen3_preset
-    from megatron_tsp.planner_bytes import Layout
-    from megatron_tsp.planner_memory import memory_bytes
+    from megatron_tsp.config import qwen3_preset
+    from megatron_tsp.planner.transfers import Layout
+    from megatron_tsp.planner.memory import memory_bytes
     report = _report()
     log = tmp_path / "b.log"
     log.write_text(CANNED)

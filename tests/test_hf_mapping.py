@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import transformers
 
 import megatron_tsp  # noqa: F401  (compat patches first)
+from megatron_tsp.config_adapters import hf_config_from_qwen3, qwen3_config_from_hf
 from megatron_tsp.conversion.hf_qwen3 import (
-    hf_config_from_qwen3, hf_state_dict_to_megatron, hf_to_megatron, megatron_state_dict_to_hf,
-    qwen3_config_from_hf)
+    hf_state_dict_to_megatron, hf_to_megatron, megatron_state_dict_to_hf)
 from tests.hf_models import HF_SHAPE, hf_checkpoint_dict, hf_model
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from megatron_tsp import parallel_state as ps
-from megatron_tsp.conversion.hf_qwen3 import hf_state_dict_to_megatron, qwen3_config_from_hf
+from megatron_tsp.config_adapters import qwen3_config_from_hf
+from megatron_tsp.conversion.hf_qwen3 import hf_state_dict_to_megatron
 from tests.dist import run_distributed
 from tests.hf_models import hf_checkpoint_dict, hf_model
 

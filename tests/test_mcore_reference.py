@@ -17,7 +17,7 @@ from megatron.core.distributed.finalize_model_grads import (
 )
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
 from tests.dist import run_distributed
 

@@ -4,7 +4,7 @@ Each test runs tests/mcore_pretrain_gpt.py under torchrun with two gloo ranks (C
 the per-iteration 'lm loss' from Megatron's log lines. Checked: a tensor-parallel run trains
 exactly like a data-parallel one at the same global batch and seed; a run stopped by
 --exit-interval after a torch_dist checkpoint and resumed with --load continues exactly like an
-uninterrupted one with the distributed optimizer (the resume fix of compat/optimizer_resume.py);
+uninterrupted one with the distributed optimizer (the resume fix of fixes/optimizer_resume.py);
 evaluation runs; --tensorboard-dir gets an events file. The TSP model's own runs through the same
 loop are tests/test_pretrain_e2e.py.
 """
@@ -113,7 +113,7 @@ def test_tensorboard_events_written(data_parallel_run):
 
 
 def test_exact_resume_distributed_optimizer(data_parallel_run, tmp_path):
-    # Catches megatron-core 0.19.2's torch-Adam step bugs (see compat/optimizer_resume.py):
+    # Catches megatron-core 0.19.2's torch-Adam step bugs (see fixes/optimizer_resume.py):
     # without the fix the resumed Adam step restarts and advances by the number of parameters.
     straight = train_losses(data_parallel_run[0])
     assert_exact_resume(straight, *save_exit_and_resume(tmp_path, "--use-distributed-optimizer"))

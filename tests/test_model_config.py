@@ -13,7 +13,7 @@ from tests.tsp_harness import tiny_config
 def _config_and_refusal():
     from megatron.core.process_groups_config import ProcessGroupCollection
 
-    from megatron_tsp.models.mcore_gpt import transformer_config_from_qwen3
+    from megatron_tsp.config_adapters import transformer_config_from_qwen3
     from megatron_tsp.models.qwen3 import TSPQwen3Model
     ps.initialize_tsp(2)
     try:

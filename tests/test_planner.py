@@ -1,18 +1,18 @@
 """The planner's formulas against real steps: bytes equal the counters, memory within 10%.
 
 Each scheme runs one warm-up and one measured training step per length on real gloo ranks
-(benchmarks.measure, the benchmark's own rank body); the planner (megatron_tsp.planner_bytes /
-planner_memory) must predict every transfer kind of every rank byte for byte, and the peak
+(benchmarks.measure, the benchmark's own rank body); the planner (megatron_tsp.planner.transfers /
+planner.memory) must predict every transfer kind of every rank byte for byte, and the peak
 memory of the busiest rank within 10%.
 """
 
 import pytest
 
-from megatron_tsp.models.config import Qwen3Config, qwen3_preset
-from megatron_tsp.planner import main as planner_main
-from megatron_tsp.planner import plans
-from megatron_tsp.planner_bytes import Layout, transfer_bytes, tp_cp_transfers, tp_sp_transfers
-from megatron_tsp.planner_memory import GLOO_COLLECTIVE_COPIES, memory_bytes
+from megatron_tsp.config import Qwen3Config, qwen3_preset
+from megatron_tsp.planner.memory import GLOO_COLLECTIVE_COPIES, memory_bytes
+from megatron_tsp.planner.plan import main as planner_main
+from megatron_tsp.planner.plan import plans
+from megatron_tsp.planner.transfers import Layout, transfer_bytes, tp_cp_transfers, tp_sp_transfers
 
 from benchmarks.compare_parallelism import planner_layout
 from benchmarks.launch import run_ranks
@@ -93,8 +93,8 @@ def test_only_tsp_and_cp_kv_bytes_grow_with_sequence_length():
 
 
 def test_cli_recommends_a_layout_that_fits(capsys):
-    rows = planner_main(["--model-size", "8b", "--seq-length", "131072", "--gpus", "8",
-                         "--gpu", "h100"])
+    rows = planner_main(["--model-size", "8b", "--seq-length", "131072",
+                         "--max-position-embeddings", "131072", "--gpus", "8", "--gpu", "h100"])
     assert rows[0].fits and rows[0].layout.scheme == "tsp"
     assert all(p.time_s_per_sequence >= rows[0].time_s_per_sequence for p in rows if p.fits)
     assert f"recommended: {rows[0].layout.name} " in capsys.readouterr().out

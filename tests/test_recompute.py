@@ -15,7 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.layers.recompute import layer_recomputes
-from megatron_tsp.models.mcore_gpt import build_mcore_qwen3, transformer_config_from_qwen3
+from megatron_tsp.config_adapters import transformer_config_from_qwen3
+from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
 from tests.dist import run_distributed
 from tests.tsp_harness import full_batch, full_grads, tiny_config, train_step
 

@@ -21,7 +21,7 @@ def _batch(vocab_size):
 
 def _saved_config(checkpoint):
     from megatron_tsp.checkpoint import checkpoint_args
-    from megatron_tsp.training.arguments import qwen3_config_from_args
+    from megatron_tsp.config_adapters import qwen3_config_from_args
     args = checkpoint_args(checkpoint)
     return qwen3_config_from_args(args, args.tsp_vocab_size)
 

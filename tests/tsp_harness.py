@@ -10,7 +10,7 @@ from megatron_tsp import comm
 from megatron_tsp.layers.linear import gather_full
 from megatron_tsp.layers.vocab import masked_token_mean
 from megatron_tsp.layout import scatter_to_local
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 
 

@@ -1,55 +1,20 @@
 """Let megatron-core 0.19.2 build a local-spec GPTModel and run its forward and backward on CPU.
 
 megatron-core assumes a CUDA device in a few places that a CPU-only model still reaches. Each
-adaptation below is one small function naming the megatron-core place it addresses (training-loop
-adaptations are not here yet). They are applied only where ``torch.cuda.is_available()`` is
+adaptation below is one small function naming the megatron-core place it addresses (the training
+loop's are in compat/cpu_training.py). They are applied only where ``torch.cuda.is_available()`` is
 False, and never make torch itself lie: ``torch.cuda`` is left untouched; only the megatron
-modules listed see a CPU-backed view of it.
+modules listed see a CPU-backed view of it (compat/cpu_view.py).
 """
 
 import copy
+import functools
 import logging
-import types
 import warnings
 
 import torch
 
-_applied = False
-
-
-class _ModuleView(types.ModuleType):
-    """A module that answers with ``overrides`` first and the real module for everything else."""
-
-    def __init__(self, real: types.ModuleType, overrides: dict):
-        super().__init__(real.__name__, real.__doc__)
-        self.__dict__.update(overrides)
-        self._real = real
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-
-def _cpu_device() -> torch.device:
-    return torch.device("cpu")
-
-
-# On CPU the device generator IS the CPU default generator: the one dropout and init draw from.
-_CPU_AS_CUDA = {
-    "current_device": _cpu_device,
-    "get_rng_state": torch.get_rng_state,
-    "manual_seed": torch.manual_seed,
-}
-
-
-def _torch_with_cpu_as_cuda() -> types.ModuleType:
-    return _ModuleView(torch, {"cuda": _ModuleView(torch.cuda, _CPU_AS_CUDA)})
-
-
-def use_cpu_as_cuda(module: types.ModuleType) -> None:
-    """Make ``torch.cuda.current_device()`` and the CUDA RNG calls in ``module`` mean the CPU."""
-    if not isinstance(module.torch, _ModuleView):
-        module.torch = _torch_with_cpu_as_cuda()
-
+from megatron_tsp.compat.cpu_view import use_cpu_torch
 
 def _new_tensors_on_cpu() -> None:
     # These modules create tensors on torch.cuda.current_device(), which raises without CUDA.
@@ -64,7 +29,7 @@ def _new_tensors_on_cpu() -> None:
         layers,  # LinearWithGradAccumulationAndAsyncCommunication.backward: SP input all-gather
         rotary,  # RotaryEmbedding.forward moves inv_freq from the CPU to the current CUDA device
     ):
-        use_cpu_as_cuda(module)
+        use_cpu_torch(module)
 
 
 def _rng_tracker_on_cpu_generator() -> None:
@@ -75,7 +40,7 @@ def _rng_tracker_on_cpu_generator() -> None:
     # Back them all with the CPU generator, so a fork really switches the stream CPU ops draw from.
     import megatron.core.tensor_parallel.random as tp_random
 
-    use_cpu_as_cuda(tp_random)
+    use_cpu_torch(tp_random)
     tp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
     tp_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     # CudaRNGStatesTracker.fork warns when the CPU state changes inside a fork; on CPU that state
@@ -129,12 +94,11 @@ def _quiet_gpu_extras_warnings() -> None:
     warnings.filterwarnings("ignore", message="Apex is not installed")
 
 
+@functools.cache
 def apply_cpu_adaptations() -> None:
     """Apply every CPU adaptation once, and only on a machine without CUDA."""
-    global _applied
-    if _applied or torch.cuda.is_available():
+    if torch.cuda.is_available():
         return
-    _applied = True
     _quiet_gpu_extras_warnings()
     _new_tensors_on_cpu()
     _rng_tracker_on_cpu_generator()

@@ -7,9 +7,11 @@ megatron_tsp from a checkout without that script: the containers' and gpu_check.
 the Python and torch they find.
 """
 
+import functools
 import typing
 
 
+@functools.cache
 def apply_import_adaptations() -> None:
     if not hasattr(typing, "override"):
         typing.override = lambda fn: fn

@@ -6,6 +6,7 @@ warning, of these modules too, is still shown. Of Megatron's own output only a d
 dropped; its argument dump, iteration lines and reports are printed as Megatron prints them.
 """
 
+import functools
 import warnings
 
 # (message regex, category, emitting module): why the warning does not concern a TSP user
@@ -36,12 +37,14 @@ _NOT_THE_USERS_CONCERN = (
 _DEBUG_LABELS = ("compute_activation_memory_without_sp", "compute_activation_memory with SP")
 
 
+@functools.cache
 def apply_warning_filters() -> None:
     """Before megatron is imported: the MoE warning is raised at import."""
     for message, category, module in _NOT_THE_USERS_CONCERN:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
+@functools.cache
 def apply_quiet_memory_report() -> None:
     import megatron.training.theoretical_memory_usage as memory_usage
 

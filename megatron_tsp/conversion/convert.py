@@ -19,10 +19,11 @@ import torch
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.conversion.hf_io import (
     CONFIG_DTYPES, HFCheckpointReader, copy_tokenizer_files, read_hf_config, write_hf_checkpoint)
-from megatron_tsp.conversion.hf_qwen3 import (
-    hf_config_from_qwen3, hf_to_megatron, megatron_to_hf, qwen3_config_from_hf, tensor_count)
+from megatron_tsp.conversion.hf_qwen3 import hf_to_megatron, megatron_to_hf, tensor_count
 from megatron_tsp.conversion.output_dir import output_directory
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.config_adapters import (
+    hf_config_from_qwen3, qwen3_config_from_args, qwen3_config_from_hf)
 from megatron_tsp.models.full_weights import load_full_tensors
 from megatron_tsp.checkpoint import (check_checkpoint_files, checkpoint_args, checkpoint_dir,
                                      load_model_weights)
@@ -65,23 +66,14 @@ def _megatron_args(config: Qwen3Config, tsp_size: int, dtype: torch.dtype, save:
     from megatron.training.arguments import validate_args
     from megatron.training.global_vars import set_global_variables
     from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
-    argv = ["--num-layers", config.num_layers, "--hidden-size", config.hidden_size,
-            "--num-attention-heads", config.num_attention_heads,
-            "--num-query-groups", config.num_query_groups, "--kv-channels", config.kv_channels,
-            "--ffn-hidden-size", config.ffn_hidden_size,
-            "--max-position-embeddings", config.max_position_embeddings,
-            "--norm-epsilon", config.norm_epsilon, "--rotary-base", int(config.rotary_base),
-            "--seq-length", 2 * tsp_size, "--tsp-size", tsp_size, "--mock-data",
-            "--vocab-size", config.vocab_size, "--micro-batch-size", 1, "--train-iters", 1,
-            "--lr", 0.0, "--save", save, "--save-interval", 1, "--no-save-optim",
-            "--no-save-rng"]
-    if not config.tie_word_embeddings:
-        argv.append("--untie-embeddings-and-output-weights")
+    argv = ["--seq-length", 2 * tsp_size, "--tsp-size", tsp_size, "--mock-data",
+            "--micro-batch-size", 1, "--train-iters", 1, "--lr", 0.0, "--save", save,
+            "--save-interval", 1, "--no-save-optim", "--no-save-rng"]
     if dtype != torch.float32:
         argv.append("--bf16" if dtype == torch.bfloat16 else "--fp16")
     argv = [str(a) for a in argv]
     args = parse_tsp_args(argv, "convert_checkpoint.py")
-    prepare_args(args, argv)
+    prepare_args(args, argv, config)  # the shape goes from the config to the args directly
     validate_args(args, {})
     set_global_variables(args, build_tokenizer=False)
     args.tsp_vocab_size = config.vocab_size
@@ -125,7 +117,6 @@ def _import(hf_path: str, save: Path, tsp_size: int, dtype: Optional[str]) -> No
 
 def load_model(load: str, tsp_size: Optional[int] = None) -> TSPQwen3Model:
     """A TSP model (current TSP group, initialised here at D = 1 if needed) from a checkpoint."""
-    from megatron_tsp.training.arguments import qwen3_config_from_args
     check_checkpoint_files(load)
     args = checkpoint_args(load)
     config = qwen3_config_from_args(args, getattr(args, "tsp_vocab_size", args.padded_vocab_size))

@@ -29,13 +29,14 @@ from torch import nn
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import ShardBroadcast
+from megatron_tsp.config import Qwen3Config
 from megatron_tsp.layers.chunk_attention import causal_chunk_attention
 from megatron_tsp.layers.linear import TSPLinear
 from megatron_tsp.layers.norm import RMSNorm, rms_norm
 from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.layers.rotary import apply_rotary
 from megatron_tsp.layout import SequenceGather, SequenceReduceScatter, local_chunks
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.transfer_kinds import ATTN_KV, ATTN_WEIGHTS, grad_kind
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _keys_values(kv_raw, k_norm, cos, sin, shape: AttentionShape):
 def _gather_kv(kv_local) -> SequenceGather:
     """The step's keys/values from every rank, in the background, on a group of their own so
     they never wait behind a weight transfer: kv_local [s, 2, b, gs, hd] -> [S, 2, b, gs, hd]."""
-    return SequenceGather(kv_local.detach(), "attn_kv", ps.get_tsp_kv_group())
+    return SequenceGather(kv_local.detach(), ATTN_KV, ps.get_tsp_kv_group())
 
 
 class _Kept:
@@ -212,7 +213,7 @@ class _BackwardStep:
                 out = zigzag_causal_attention(*core_leaves)
         self.grad_w_proj = grad_y2.t() @ out.detach().flatten(0, 1)
         self.grad_q, grad_kv_full = torch.autograd.grad(out, core_leaves, grad_out.view_as(out))
-        self.scatter = SequenceReduceScatter(grad_kv_full, "attn_kv_grad",
+        self.scatter = SequenceReduceScatter(grad_kv_full, grad_kind(ATTN_KV),
                                              ps.get_tsp_kv_group())
 
     def finish(self):
@@ -241,7 +242,7 @@ class _AttentionSchedule(torch.autograd.Function):
         def finish(kept, q, gather, wp):
             y.add_((_finish_step(kept, q, gather, recompute) @ wp.t()).float())
 
-        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
+        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, ATTN_WEIGHTS)
         for _, (wq, wp) in stream:
             kept, q, gather = _start_step(x, wq, (q_norm, k_norm), cos, sin, shape, recompute)
             ctx.kept.append(kept)
@@ -258,7 +259,7 @@ class _AttentionSchedule(torch.autograd.Function):
         grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         grad_q_norm = torch.zeros(q_norm.shape, dtype=torch.float32, device=x.device)
         grad_k_norm = torch.zeros_like(grad_q_norm)
-        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, "attn_weights")
+        stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, ATTN_WEIGHTS)
         started = None
 
         def finish(step, backward_step):

@@ -17,7 +17,8 @@ from torch import nn
 from megatron_tsp.comm import ShardRing
 from megatron_tsp.layers.linear import TSPLinear
 from megatron_tsp.layers.recompute import NONE, Recompute
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.transfer_kinds import MLP_WEIGHTS
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ class _MLPRing(torch.autograd.Function):
         ctx.save_for_backward(x, w_fc1, w_fc2)
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         ctx.kept = []
-        for visit in ShardRing([w_fc1, w_fc2], "mlp_weights"):
+        for visit in ShardRing([w_fc1, w_fc2], MLP_WEIGHTS):
             act, kept = _forward_visit(x, visit.tensors[0], recompute)
             ctx.kept.append(kept)
             y += (act @ visit.tensors[1].t()).float()
@@ -75,7 +76,7 @@ class _MLPRing(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, w_fc1, w_fc2 = ctx.saved_tensors
         grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        ring = ShardRing([w_fc1, w_fc2], "mlp_weights", accumulate=True)
+        ring = ShardRing([w_fc1, w_fc2], MLP_WEIGHTS, accumulate=True)
         for step, visit in enumerate(ring):
             kept, ctx.kept[step] = ctx.kept[step], None  # freed as backward goes
             d_fc1, d_fc2, grad_gate_up2 = _backward_visit(kept, x, *visit.tensors, grad_y)

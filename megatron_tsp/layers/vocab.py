@@ -16,6 +16,7 @@ from megatron_tsp import comm
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import ShardRing
 from megatron_tsp.layers.linear import ShardedWeight
+from megatron_tsp.transfer_kinds import LOSS, VOCAB_WEIGHTS
 
 
 def _rows_in_shard(ids: torch.Tensor, shard: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +32,7 @@ class _EmbeddingRing(torch.autograd.Function):
     def forward(ctx, ids, table):
         ctx.save_for_backward(ids, table)
         out = torch.zeros(ids.shape + (table.shape[1],), dtype=table.dtype, device=table.device)
-        for visit in ShardRing([table], "vocab_weights"):
+        for visit in ShardRing([table], VOCAB_WEIGHTS):
             hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
             out = torch.where(hit.unsqueeze(-1), visit.tensors[0][row], out)
         return out
@@ -39,7 +40,7 @@ class _EmbeddingRing(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         ids, table = ctx.saved_tensors
-        ring = ShardRing([table], "vocab_weights", accumulate=True)
+        ring = ShardRing([table], VOCAB_WEIGHTS, accumulate=True)
         for visit in ring:
             hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
             grad = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
@@ -78,7 +79,7 @@ class _VocabCrossEntropy(torch.autograd.Function):
         running_max = torch.full((n,), torch.finfo(torch.float32).min, device=x.device)
         sum_exp = torch.zeros(n, device=x.device)
         target = torch.zeros(n, device=x.device)
-        for visit in ShardRing([table], "vocab_weights"):
+        for visit in ShardRing([table], VOCAB_WEIGHTS):
             logits = _masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
             hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
             target = torch.where(hit, logits.gather(1, row.unsqueeze(1)).squeeze(1), target)
@@ -100,7 +101,7 @@ class _VocabCrossEntropy(torch.autograd.Function):
         x2d_fp32 = x2d.float()
         grad_loss = grad_loss.reshape(-1, 1).float()
         grad_x = torch.zeros_like(x2d_fp32)
-        ring = ShardRing([table], "vocab_weights", accumulate=True)
+        ring = ShardRing([table], VOCAB_WEIGHTS, accumulate=True)
         for visit in ring:
             shard = visit.tensors[0]
             # the logits exactly as forward computed them (in the weights' dtype): log_z was
@@ -128,7 +129,7 @@ def vocab_logits(hidden: torch.Tensor, table: torch.Tensor, vocab_size: int) -> 
     """hidden [s, b, h] -> full logits [s, b, Vp] of the local tokens (evaluation only)."""
     blocks = [None] * ps.get_tsp_world_size()
     x2d = hidden.reshape(-1, hidden.shape[-1])
-    for visit in ShardRing([table], "vocab_weights"):
+    for visit in ShardRing([table], VOCAB_WEIGHTS):
         blocks[visit.index] = _masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
     return torch.cat(blocks, dim=-1).view(hidden.shape[:-1] + (-1,))
 
@@ -141,5 +142,5 @@ def masked_token_mean(loss: torch.Tensor, loss_mask: torch.Tensor
     to those of the single-device mean; the reported mean is summed over the TSP group.
     """
     totals = torch.stack([(loss.float() * loss_mask).sum(), loss_mask.float().sum()]).detach()
-    comm.all_reduce_sum(totals, "loss")
+    comm.all_reduce_sum(totals, LOSS)
     return (loss.float() * loss_mask).sum() / totals[1], totals[0] / totals[1]

@@ -30,8 +30,9 @@ from megatron_tsp.layers.norm import RMSNorm
 from megatron_tsp.layers.recompute import MODES, NONE, Recompute, layer_recomputes
 from megatron_tsp.layers.rotary import rotary_cos_sin
 from megatron_tsp.layers.vocab import TSPEmbedding, vocab_cross_entropy, vocab_logits
-from megatron_tsp.models.config import Qwen3Config
-from megatron_tsp.models.mcore_gpt import transformer_config_from_qwen3
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.config_adapters import transformer_config_from_qwen3
+from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
 
 _VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
 _OUTPUT_PROJECTIONS = ("linear_proj.weight", "linear_fc2.weight")
@@ -190,9 +191,35 @@ class TSPQwen3Model(MegatronModule):
         return f"decoder.layers.{int(match.group(1)) + self.layer_offset}.{match.group(2)}"
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
-        """GPTModel's sharded_state_dict at tensor-parallel size D, holding this model's shards."""
-        from megatron_tsp.checkpoint import tsp_sharded_state_dict
-        return tsp_sharded_state_dict(self, prefix, sharded_offsets, metadata)
+        """GPTModel's sharded_state_dict at tensor-parallel size D, holding this model's shards.
+
+        Rather than restating Megatron's checkpoint rules (stacked layer keys, the local spec's
+        norm renames, the SwiGLU factory that stores fc1 TP-invariantly, vocab padding, replica
+        ids), a GPTModel of the same shape is built on the meta device, asked for its
+        sharded_state_dict, and this model's parameters are put in place of the skeleton's.
+        Shards are interchangeable because the TSP shards are GPTModel's TP shards
+        (layers/linear.py).
+        """
+        params = dict(self.named_parameters())
+        dtype = next(iter(params.values())).dtype
+        with torch.device("meta"):
+            skeleton = build_mcore_qwen3(self.qwen3_config, ps.get_tsp_world_size(),
+                                         params_dtype=dtype, pre_process=self.pre_process,
+                                         post_process=self.post_process,
+                                         pipeline_model_parallel_size=self.config
+                                         .pipeline_model_parallel_size)
+        sharded = skeleton.sharded_state_dict(prefix, sharded_offsets, metadata)
+        used = set()
+        for name, item in sharded.items():
+            param_name = name[len(prefix):]
+            if param_name not in params:
+                assert param_name.endswith("_extra_state"), name
+                continue
+            assert tuple(item.data.shape) == tuple(params[param_name].shape), name
+            item.data = params[param_name]
+            used.add(param_name)
+        assert used == params.keys(), sorted(params.keys() - used)
+        return sharded
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:

@@ -12,35 +12,24 @@ import hashlib
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, Set
+from typing import Dict, Iterable, Optional, Set
 
 import torch
 
 from megatron_tsp.layers.recompute import layer_recomputes
-from megatron_tsp.models.config import PRESETS, qwen3_preset
-from megatron_tsp.parallel_state import validate_tsp_config
+from megatron_tsp.config import PRESETS, Qwen3Config, qwen3_preset
+from megatron_tsp.config_adapters import (
+    SHAPE_FLAGS, UNTIE_FLAG, megatron_shape, qwen3_config_from_args)
+from megatron_tsp.size_rules import refuse, tsp_problem
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
 from megatron_tsp.training.launch_checks import (
     check_blend, check_load, check_numerics, check_save, check_split, check_training)
 
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 
-# flag -> (Megatron dest, Qwen3Config field): the shape --model-size supplies
-_SHAPE_FLAGS = {
-    "--num-layers": ("num_layers", "num_layers"),
-    "--hidden-size": ("hidden_size", "hidden_size"),
-    "--num-attention-heads": ("num_attention_heads", "num_attention_heads"),
-    "--num-query-groups": ("num_query_groups", "num_query_groups"),
-    "--kv-channels": ("kv_channels", "kv_channels"),
-    "--ffn-hidden-size": ("ffn_hidden_size", "ffn_hidden_size"),
-    "--max-position-embeddings": ("max_position_embeddings", "max_position_embeddings"),
-    "--norm-epsilon": ("layernorm_epsilon", "norm_epsilon"),
-    "--rotary-base": ("rotary_base", "rotary_base"),
-    "--init-method-std": ("init_method_std", "init_method_std"),
-}
 # flag -> Megatron dest of every flag a checkpoint's shape sets
-_CHECKPOINT_SHAPE = {**{flag: dest for flag, (dest, _) in _SHAPE_FLAGS.items()},
-                     "--untie-embeddings-and-output-weights": "untie_embeddings_and_output_weights"}
+_CHECKPOINT_SHAPE = {**{flag: dest for flag, (dest, _) in SHAPE_FLAGS.items()},
+                     UNTIE_FLAG: "untie_embeddings_and_output_weights"}
 # what makes a Megatron GPT a Qwen3: always set
 _QWEN3_ARCHITECTURE = dict(qk_layernorm=True, swiglu=True, normalization="RMSNorm",
                            add_bias_linear=False, add_qkv_bias=False, group_query_attention=True,
@@ -182,9 +171,10 @@ def _whole_checkpoint_args(args):
     return checkpoint_args(args.load)
 
 
-def _shape_source(args, saved) -> Dict[str, object]:
+def _shape_source(args, saved, config: Optional[Qwen3Config]) -> Dict[str, object]:
     """{dest: value} for the shape flags: the checkpoint's (`saved`, its args) with Megatron's
-    --use-checkpoint-args (its vocabulary too), else the --model-size preset."""
+    --use-checkpoint-args (its vocabulary too), else `config`'s if given, else the --model-size
+    preset's."""
     if args.use_checkpoint_args:
         if saved is None:
             raise ValueError(f"--use-checkpoint-args needs a checkpoint in --load, got "
@@ -198,15 +188,11 @@ def _shape_source(args, saved) -> Dict[str, object]:
         # the unpadded vocabulary: a NullTokenizer run needs no --vocab-size
         shape["vocab_size"] = getattr(saved, "tsp_vocab_size", None) or saved.vocab_size
         return shape
-    preset = qwen3_preset(args.model_size)
-    shape = {dest: getattr(preset, field) for dest, field in _SHAPE_FLAGS.values()}
-    shape["untie_embeddings_and_output_weights"] = not preset.tie_word_embeddings
-    shape["vocab_size"] = preset.vocab_size
-    return shape
+    return megatron_shape(config or qwen3_preset(args.model_size))
 
 
-def _apply_shape(args, explicit: Set[str], saved) -> None:
-    shape = _shape_source(args, saved)
+def _apply_shape(args, explicit: Set[str], saved, config: Optional[Qwen3Config]) -> None:
+    shape = _shape_source(args, saved, config)
     for flag, dest in _CHECKPOINT_SHAPE.items():
         if flag not in explicit:
             setattr(args, dest, shape[dest])
@@ -221,22 +207,6 @@ def _apply_shape(args, explicit: Set[str], saved) -> None:
         args.eval_interval = 1000
     if "--vocab-size" not in explicit and args.vocab_size is None:
         args.vocab_size = shape["vocab_size"]
-
-
-def _check_shape_values(args) -> None:
-    for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--num-query-groups",
-                 "--kv-channels", "--ffn-hidden-size", "--max-position-embeddings",
-                 "--seq-length"):
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is None or value <= 0:
-            raise ValueError(f"{flag} must be a positive integer, got {value}")
-    if args.num_attention_heads % args.num_query_groups:
-        raise ValueError(f"--num-attention-heads ({args.num_attention_heads}) must be a multiple "
-                         f"of --num-query-groups ({args.num_query_groups})")
-    if args.kv_channels % 2:
-        raise ValueError(f"--kv-channels must be even, got {args.kv_channels}: RoPE rotates the "
-                         "two halves of every head")
-    check_numerics(args)
 
 
 def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
@@ -305,7 +275,7 @@ def _check_checkpoint(args, saved) -> None:
         saved = _whole_checkpoint_args(args)
     if saved is None:
         return
-    for flag, (dest, _) in _SHAPE_FLAGS.items():
+    for flag, (dest, _) in SHAPE_FLAGS.items():
         if flag in _ARCHITECTURE_NUMERICS:
             continue
         ours, theirs = getattr(args, dest), getattr(saved, dest, None)
@@ -326,37 +296,26 @@ def embedded_dataset_prefix() -> Path:
     return cache / f"embedded_{digest.hexdigest()[:12]}" / "shakespeare_tragedies_text_document"
 
 
-def qwen3_config_from_args(args, vocab_size: int):
-    """The model shape Megatron's args describe (after prepare_args)."""
-    from megatron_tsp.models.config import Qwen3Config
-    return Qwen3Config(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
-        kv_channels=args.kv_channels, ffn_hidden_size=args.ffn_hidden_size,
-        vocab_size=vocab_size,
-        tie_word_embeddings=not args.untie_embeddings_and_output_weights,
-        norm_epsilon=args.layernorm_epsilon, rotary_base=float(args.rotary_base),
-        max_position_embeddings=args.max_position_embeddings,
-        init_method_std=args.init_method_std,
-        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
-
-
-def prepare_args(args, argv: Iterable[str]) -> None:
+def prepare_args(args, argv: Iterable[str], config: Optional[Qwen3Config] = None) -> None:
     """Turn parsed Megatron args into a TSP Qwen3 run; raise ValueError naming the flag for any
     combination that cannot run. Starts no process group and writes no file (it reads the
-    datasets' headers and the --load checkpoint's metadata)."""
+    datasets' headers and the --load checkpoint's metadata). `config`, when given, is the shape
+    in place of --model-size's (explicit shape flags still win)."""
     explicit = explicit_flags(argv)
     _reject_replaced_parallelism(args)
     _reject_unsupported_flags(args)
     check_load(args)
     # read first only when the shape comes from it: other flag errors are reported before it
     saved = _whole_checkpoint_args(args) if args.use_checkpoint_args else None
-    _apply_shape(args, explicit, saved)
-    _check_shape_values(args)
-    _apply_cpu_defaults(args, explicit)
+    _apply_shape(args, explicit, saved, config)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # the vocabulary is the tokenizer's when no flag gives it: no size rule concerns it
+    refuse(tsp_problem(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
+                       args.tsp_size, seq_length=args.seq_length, world_size=world_size,
+                       pipeline_size=args.pipeline_model_parallel_size))
+    check_numerics(args)
+    _apply_cpu_defaults(args, explicit)
     model_parallel = args.tsp_size * args.pipeline_model_parallel_size * args.context_parallel_size
-    # validate_tsp_config below refuses a world size these sizes do not divide
     data_parallel_size = max(1, world_size // max(1, model_parallel))
     _apply_data_defaults(args, explicit, data_parallel_size)
     check_split(args)
@@ -366,9 +325,6 @@ def prepare_args(args, argv: Iterable[str]) -> None:
     # Megatron's default distributed-optimizer checkpoint reshards over data parallel only; TSP
     # users change --tsp-size with their cluster, so the state is saved fully reshardable
     args.dist_ckpt_optim_fully_reshardable = True
-    validate_tsp_config(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
-                        args.tsp_size, seq_length=args.seq_length, world_size=world_size,
-                        pipeline_size=args.pipeline_model_parallel_size)
     if args.save and args.save_interval is None:
         raise ValueError("--save needs --save-interval (iterations between checkpoints)")
     check_save(args)

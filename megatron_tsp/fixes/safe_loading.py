@@ -16,6 +16,7 @@ weights_only=True, which admits tensors, containers and the classes megatron-cor
 safe (megatron/core/safe_globals.py: argparse.Namespace, its enums, ...) and refuses the rest.
 """
 
+import functools
 import pickle
 
 import torch
@@ -40,7 +41,6 @@ _METADATA_GLOBALS = {
     "torch.serialization": {"_get_layout"},
     "collections": {"OrderedDict"},
 }
-_applied = False
 
 
 def _load_bytes_weights_only(self, read_item, value) -> None:
@@ -73,11 +73,8 @@ def _read_metadata_restricted(self, *args, **kwargs):
     return metadata
 
 
+@functools.cache
 def apply_safe_loading() -> None:
-    global _applied
-    if _applied:
-        return
-    _applied = True
     import megatron.core  # noqa: F401  (registers megatron-core's safe globals)
     default_planner.DefaultLoadPlanner.load_bytes = _load_bytes_weights_only
     FileSystemReader.read_metadata = _read_metadata_restricted

@@ -11,10 +11,10 @@ megatron-core's own handling.
 """
 
 import contextlib
+import functools
 import os
 
-TRACKER_NAME = "latest_checkpointed_iteration.txt"
-_applied = False
+from megatron_tsp.checkpoint import TRACKER_NAME
 
 
 @contextlib.contextmanager
@@ -32,11 +32,8 @@ def replace_on_close(path: str, mode: str = "w"):
             os.remove(temporary)
 
 
+@functools.cache
 def apply_atomic_tracker() -> None:
-    global _applied
-    if _applied:
-        return
-    _applied = True
     import megatron.training.checkpointing as checkpointing
     from megatron.core.msc_utils import MaybeMultiStorageClient, MultiStorageClientFeature
 

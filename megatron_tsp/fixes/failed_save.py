@@ -47,6 +47,7 @@ def _remove_partial(save: str, iteration: int, partial: str) -> str:
     return f"the partial {partial} was removed"
 
 
+@functools.cache
 def apply_failed_save_report() -> None:
     import megatron.training.training as training
     import torch

@@ -1,16 +1,12 @@
 """Let Megatron's own training loop (``megatron.training`` of megatron-core 0.19.2) run on CPU.
 
-``apply_training_adaptations()`` (applied by ``import megatron_tsp``, see ``compat/__init__.py``;
-idempotent) applies, once:
-
-- on every machine: the distributed-optimizer resume fixes (``compat/optimizer_resume.py``; the
-  bugs are in megatron-core's torch-Adam path, not in CPU support) and the training-log fix
-  below (``_first_logged_iteration_resets_its_interval``);
-- on a machine without CUDA only, the CPU adaptations below. Each is a small function naming the
-  megatron place it addresses. Like ``compat/cpu.py`` they never make torch itself lie: the
-  megatron modules listed see a CPU-backed view of ``torch`` (``torch.cuda`` calls answered for
-  the CPU, ``device='cuda'`` in tensor factories read as the CPU); everything else is unchanged,
-  except two ``torch.Tensor`` methods swapped only while named megatron functions run.
+``apply_cpu_training_adaptations()`` (applied by ``import megatron_tsp``, see
+``compat/__init__.py``) applies, once and on a machine without CUDA only, the adaptations below.
+Each is a small function naming the megatron place it addresses. Like ``compat/cpu.py`` they never
+make torch itself lie: the megatron modules listed see the CPU view of ``torch`` of
+``compat/cpu_view.py``; everything else is unchanged, except two ``torch.Tensor`` methods swapped
+only while named megatron functions run. (What this project changes in Megatron on every machine,
+GPUs included, is in ``megatron_tsp/fixes/``.)
 
 Flags a CPU run still needs (there is no CUDA kernel to fall back from): ``--distributed-backend
 gloo --transformer-impl local --use-cpu-initialization --no-gradient-accumulation-fusion
@@ -19,7 +15,6 @@ gloo --transformer-impl local --use-cpu-initialization --no-gradient-accumulatio
 in the environment when TP > 1.
 """
 
-import contextlib
 import functools
 import importlib
 import os
@@ -27,72 +22,8 @@ import resource
 
 import torch
 
-from megatron_tsp.compat.cpu import _CPU_AS_CUDA, _ModuleView
-from megatron_tsp.compat.optimizer_resume import apply_optimizer_resume_fix
-from megatron_tsp.compat.failed_save import apply_failed_save_report
+from megatron_tsp.compat.cpu_view import nothing, use_cpu_torch
 
-_applied = False
-
-
-# --- a CPU view of torch for megatron.training modules -----------------------------------------
-
-def _on_cpu(device):
-    """Read a CUDA device ('cuda', 'cuda:0', torch.device('cuda'), an index) as the CPU."""
-    if device is None:
-        return None
-    if isinstance(device, int) or torch.device(device).type == "cuda":
-        return torch.device("cpu")
-    return device
-
-
-def _factory_on_cpu(factory):
-    @functools.wraps(factory)
-    def create(*args, **kwargs):
-        if "device" in kwargs:
-            kwargs["device"] = _on_cpu(kwargs["device"])
-        return factory(*args, **kwargs)
-    return create
-
-
-def _nothing(*args, **kwargs):
-    return None
-
-
-class _NoStream:
-    """What megatron does with CUDA streams (wait, record, enter) means nothing on the CPU."""
-
-    __init__ = wait_stream = wait_event = record_event = synchronize = _nothing
-
-    def query(self):
-        return True
-
-
-# compat/cpu.py's CPU view of torch.cuda (current_device, RNG), and what the training loop adds.
-_CUDA_ON_CPU = {
-    **_CPU_AS_CUDA,
-    "get_rng_state": lambda *args, **kwargs: torch.get_rng_state(),
-    "set_rng_state": lambda state, *args, **kwargs: torch.set_rng_state(state),
-    "manual_seed": torch.manual_seed,
-    "synchronize": _nothing,
-    "empty_cache": _nothing,
-    "Stream": _NoStream,
-    "current_stream": lambda *args, **kwargs: _NoStream(),
-    "stream": lambda stream=None: contextlib.nullcontext(),
-}
-
-_FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "empty_like",
-              "zeros_like", "ones_like")
-
-
-def _use_cpu_torch(module_name: str, **cuda_overrides) -> None:
-    """Give ``module_name`` a torch whose ``cuda`` means the CPU (and its factories too)."""
-    module = importlib.import_module(module_name)
-    cuda = _ModuleView(torch.cuda, {**_CUDA_ON_CPU, **cuda_overrides})
-    factories = {name: _factory_on_cpu(getattr(torch, name)) for name in _FACTORIES}
-    module.torch = _ModuleView(torch, {"cuda": cuda, **factories})
-
-
-# --- the adaptations ---------------------------------------------------------------------------
 
 def _initialize_without_cuda() -> None:
     # megatron/training/training.py pretrain calls initialize_megatron without allow_no_cuda, so
@@ -106,7 +37,7 @@ def _initialize_without_cuda() -> None:
     # _set_random_seed seeds the tensor-parallel RNG tracker, only when
     # torch.cuda.device_count() > 0: on the CPU there is one device, the CPU (set_device is
     # then a no-op). MoE's aux-loss scale is created on current_device().
-    _use_cpu_torch(initialize.__name__, device_count=lambda: 1, set_device=_nothing)
+    use_cpu_torch(initialize.__name__, device_count=lambda: 1, set_device=nothing)
 
 
 def _no_jit_warmup() -> None:
@@ -118,7 +49,7 @@ def _no_jit_warmup() -> None:
     # different weights. Nothing needs warming on the CPU (the fusions are off), so skip it.
     import megatron.training.initialize as initialize
 
-    initialize._warmup_jit_function = _nothing
+    initialize._warmup_jit_function = nothing
 
 
 def _prebuilt_dataset_helpers() -> None:
@@ -318,7 +249,6 @@ def _cpu_torch_in_training_modules() -> None:
         # logical_and_across_model_parallel_group.
         "megatron.training.utils.common_utils",
         # core/utils.py local_multi_tensor_l2_norm (grad norm without apex): device="cuda".
-        # (compat/cpu.py gave it a view for current_device only; this one is a superset.)
         "megatron.core.utils",
         # core/timers.py: Timer.start/stop(barrier) synchronize; _get_elapsed_time_all_ranks.
         "megatron.core.timers",
@@ -349,40 +279,12 @@ def _cpu_torch_in_training_modules() -> None:
         "megatron.core.pipeline_parallel.schedules",
         "megatron.core.pipeline_parallel.p2p_communication",
     ):
-        _use_cpu_torch(module)
+        use_cpu_torch(module)
 
 
-def _first_logged_iteration_resets_its_interval() -> None:
-    # megatron/training/training.py training_log: the first iteration of a run (is_first_iteration)
-    # is printed but its loss accumulators are not reset, so that the first --log-interval
-    # window still covers all its iterations. When that first iteration closes a window itself
-    # (always with --log-interval 1), the next window then averages two iterations: the line
-    # logged for iteration start+2 shows the mean of start+1 and start+2, and a resumed run logs
-    # other values than an uninterrupted one. Treat such an iteration as the normal end of a
-    # window. Not CPU-specific; only what is printed (and sent to TensorBoard) changes.
-    import megatron.training.training as training
-
-    log = training.training_log
-
-    @functools.wraps(log)
-    def training_log(*args, **kwargs):
-        iteration = kwargs["iteration"] if "iteration" in kwargs else args[3]
-        if kwargs.get("is_first_iteration") and iteration % training.get_args().log_interval == 0:
-            kwargs["is_first_iteration"] = False
-        return log(*args, **kwargs)
-
-    training.training_log = training_log
-
-
-def apply_training_adaptations() -> None:
-    """Apply the resume fix everywhere and, without CUDA, the CPU adaptations; once."""
-    global _applied
-    if _applied:
-        return
-    _applied = True
-    apply_optimizer_resume_fix()
-    apply_failed_save_report()
-    _first_logged_iteration_resets_its_interval()
+@functools.cache
+def apply_cpu_training_adaptations() -> None:
+    """Apply every training-loop adaptation once, and only on a machine without CUDA."""
     if torch.cuda.is_available():
         return
     _initialize_without_cuda()

@@ -3,6 +3,8 @@
 import dataclasses
 from dataclasses import dataclass
 
+from megatron_tsp.size_rules import refuse, shape_problem
+
 
 @dataclass
 class Qwen3Config:
@@ -36,14 +38,7 @@ class Qwen3Config:
     """Megatron's vocabulary padding unit; the padded size is a multiple of this times D."""
 
     def __post_init__(self):
-        for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                     "kv_channels", "ffn_hidden_size", "vocab_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_attention_heads % self.num_query_groups:
-            raise ValueError(
-                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"num_query_groups ({self.num_query_groups})")
+        refuse(shape_problem(self))
 
     def padded_vocab_size(self, tsp_size: int) -> int:
         """Megatron's padding: the next multiple of make_vocab_size_divisible_by x D."""

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from megatron_tsp.layers.recompute import MODES, NONE, Recompute, mode_recompute
-from megatron_tsp.models.config import Qwen3Config
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.transfer_kinds import (
+    ATTN_KV, ATTN_WEIGHTS, CP_KV, CP_WEIGHT_GRADS, DP_GRADS, LOSS, MLP_WEIGHTS,
+    REPLICATED_GRADS, SP_ALL_GATHER, SP_REDUCE_SCATTER, TP_ALL_REDUCE, VOCAB_LOSS, VOCAB_WEIGHTS,
+    grad_kind)
 
 Transfers = Dict[str, Tuple[int, int]]  # kind -> (sent, received), bytes per rank
 FP32 = 4
@@ -118,20 +122,20 @@ def tsp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
         return out
     wa, wm, vp = attention_weights(cfg) // D, mlp_weights(cfg) // D, cfg.padded_vocab_size(D)
     kv = (S // D) * b * 2 * cfg.num_query_groups * cfg.kv_channels * e  # local k, v of a layer
-    _add(out, "attn_weights", 2 * L * e * wa, 2 * L * e * wa * (D - 1))
-    _add(out, "attn_weights_grad", L * FP32 * wa * (D - 1), L * FP32 * wa * (D - 1))
+    _add(out, ATTN_WEIGHTS, 2 * L * e * wa, 2 * L * e * wa * (D - 1))
+    _add(out, grad_kind(ATTN_WEIGHTS), L * FP32 * wa * (D - 1), L * FP32 * wa * (D - 1))
     # gathered again in backward when the core is recomputed
     gathers = L * (2 if recompute.core_attn or recompute.qkv else 1)
-    _add(out, "attn_kv", gathers * kv, gathers * kv * (D - 1))
-    _add(out, "attn_kv_grad", L * kv * (D - 1), L * kv * (D - 1))
-    _add(out, "mlp_weights", 2 * L * e * wm * (D - 1), 2 * L * e * wm * (D - 1))
-    _add(out, "mlp_weights_grad", L * FP32 * wm * D, L * FP32 * wm * D)  # D hops of the acc.
+    _add(out, ATTN_KV, gathers * kv, gathers * kv * (D - 1))
+    _add(out, grad_kind(ATTN_KV), L * kv * (D - 1), L * kv * (D - 1))
+    _add(out, MLP_WEIGHTS, 2 * L * e * wm * (D - 1), 2 * L * e * wm * (D - 1))
+    _add(out, grad_kind(MLP_WEIGHTS), L * FP32 * wm * D, L * FP32 * wm * D)  # D hops of the acc.
     table = vp // D * h  # embedding and output layer: two uses of a table ring, tied or not
-    _add(out, "vocab_weights", 2 * 2 * e * table * (D - 1), 2 * 2 * e * table * (D - 1))
-    _add(out, "vocab_weights_grad", 2 * FP32 * table * D, 2 * FP32 * table * D)
-    _add(out, "loss", ring_all_reduce(2 * FP32, D), ring_all_reduce(2 * FP32, D))
+    _add(out, VOCAB_WEIGHTS, 2 * 2 * e * table * (D - 1), 2 * 2 * e * table * (D - 1))
+    _add(out, grad_kind(VOCAB_WEIGHTS), 2 * FP32 * table * D, 2 * FP32 * table * D)
+    _add(out, LOSS, ring_all_reduce(2 * FP32, D), ring_all_reduce(2 * FP32, D))
     norms = ring_all_reduce(FP32 * replicated_params(cfg), D)
-    _add(out, "replicated_grads", norms, norms)
+    _add(out, REPLICATED_GRADS, norms, norms)
     return out
 
 
@@ -144,11 +148,11 @@ def tp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> Transfers:
     if D == 1:
         return out
     act = ring_all_reduce(S * b * cfg.hidden_size * e, D)
-    _add(out, "tp_all_reduce", (4 * cfg.num_layers + 2) * act, (4 * cfg.num_layers + 2) * act)
+    _add(out, TP_ALL_REDUCE, (4 * cfg.num_layers + 2) * act, (4 * cfg.num_layers + 2) * act)
     loss = 3 * ring_all_reduce(S * b * FP32, D)
-    _add(out, "vocab_loss", loss, loss)
+    _add(out, VOCAB_LOSS, loss, loss)
     qk = ring_all_reduce(FP32 * 2 * cfg.num_layers * cfg.kv_channels, D)
-    _add(out, "replicated_grads", qk, qk)
+    _add(out, REPLICATED_GRADS, qk, qk)
     return out
 
 
@@ -163,12 +167,12 @@ def tp_sp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> Transfe
     if D == 1:
         return out
     L, shard = cfg.num_layers, S // D * b * cfg.hidden_size * e
-    _add(out, "sp_all_gather", (6 * L + 3) * shard, (6 * L + 3) * shard * (D - 1))
-    _add(out, "sp_reduce_scatter", (4 * L + 2) * shard * (D - 1), (4 * L + 2) * shard * (D - 1))
+    _add(out, SP_ALL_GATHER, (6 * L + 3) * shard, (6 * L + 3) * shard * (D - 1))
+    _add(out, SP_REDUCE_SCATTER, (4 * L + 2) * shard * (D - 1), (4 * L + 2) * shard * (D - 1))
     loss = 3 * ring_all_reduce(S * b * FP32, D)
-    _add(out, "vocab_loss", loss, loss)
+    _add(out, VOCAB_LOSS, loss, loss)
     norms = ring_all_reduce(FP32 * replicated_params(cfg), D)
-    _add(out, "replicated_grads", norms, norms)
+    _add(out, REPLICATED_GRADS, norms, norms)
     return out
 
 
@@ -180,11 +184,11 @@ def cp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int) -> Transfers:
     if D == 1:
         return out
     L, kv = cfg.num_layers, (S // D) * b * 2 * cfg.num_query_groups * cfg.kv_channels * e
-    _add(out, "cp_kv", L * kv, L * kv * (D - 1))
-    _add(out, "cp_kv_grad", L * kv * (D - 1), L * kv * (D - 1))
+    _add(out, CP_KV, L * kv, L * kv * (D - 1))
+    _add(out, grad_kind(CP_KV), L * kv * (D - 1), L * kv * (D - 1))
     grads = ring_all_reduce(FP32 * params_per_rank(cfg, Layout("cp", cp=D)), D)
-    _add(out, "cp_weight_grads", grads, grads)
-    _add(out, "loss", ring_all_reduce(2 * FP32, D), ring_all_reduce(2 * FP32, D))
+    _add(out, CP_WEIGHT_GRADS, grads, grads)
+    _add(out, LOSS, ring_all_reduce(2 * FP32, D), ring_all_reduce(2 * FP32, D))
     return out
 
 
@@ -197,10 +201,10 @@ def tp_cp_transfers(cfg: Qwen3Config, S: int, b: int, T: int, C: int, e: int) ->
         return out
     kv = (S // C) * b * 2 * (cfg.num_query_groups // T) * cfg.kv_channels * e
     L = cfg.num_layers
-    _add(out, "cp_kv", L * kv, L * kv * (C - 1))
-    _add(out, "cp_kv_grad", L * kv * (C - 1), L * kv * (C - 1))
+    _add(out, CP_KV, L * kv, L * kv * (C - 1))
+    _add(out, grad_kind(CP_KV), L * kv * (C - 1), L * kv * (C - 1))
     grads = ring_all_reduce(FP32 * params_per_rank(cfg, Layout("tp-cp", tp=T, cp=C)), C)
-    _add(out, "cp_weight_grads", grads, grads)
+    _add(out, CP_WEIGHT_GRADS, grads, grads)
     return out
 
 
@@ -216,7 +220,7 @@ def data_parallel_transfers(cfg: Qwen3Config, layout: Layout, e: int,
         moved = FP32 * P * (dp - 1) // dp + e * P * (dp - 1) // dp
     else:
         moved = ring_all_reduce(FP32 * P, dp)
-    _add(out, "dp_grads", moved, moved)
+    _add(out, DP_GRADS, moved, moved)
     return out
 
 

@@ -44,8 +44,6 @@ import functools
 
 import torch
 
-_applied = False
-
 
 def _state_dict_before_first_step(state_dict):
     def wrapped(self):
@@ -86,12 +84,9 @@ def _set_states_without_step(set_states):
     return functools.wraps(set_states)(wrapped)
 
 
+@functools.cache
 def apply_optimizer_resume_fix() -> None:
     """Patch DistributedOptimizer once: 3 always, 1 and 2 where it wraps torch's Adam."""
-    global _applied
-    if _applied:
-        return
-    _applied = True
     import megatron.core.optimizer.distrib_optimizer as distrib_optimizer
 
     cls = distrib_optimizer.DistributedOptimizer

@@ -10,8 +10,8 @@ never an output projection. Megatron's full recompute repeats each layer's whole
 """
 
 from megatron_tsp.layers.recompute import NONE, Recompute
-from megatron_tsp.models.config import Qwen3Config
-from megatron_tsp.planner_bytes import Layout, attention_weights, mlp_weights
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.planner.transfers import Layout, attention_weights, mlp_weights
 
 
 def _core_attention_flops(cfg: Qwen3Config, S: int) -> int:

@@ -1,36 +1,42 @@
 """Which layout to train with: per-GPU memory and communication of TSP, TP, TP+SP, CP, TP x CP.
 
-    python -m megatron_tsp.planner --model-size 8b --seq-length 131072 --gpus 8 --gpu h100 \\
+    python -m megatron_tsp.planner --model-size 8b --seq-length 131072 \\
+        --max-position-embeddings 131072 --gpus 8 --gpu h100 \\
         [--micro-batch-size 1 --dtype bf16 --distributed-optimizer]
 
 For every layout of `--gpus` GPUs (a model-parallel group of D GPUs, data parallel over the
 rest) and every recompute mode (TSP's of layers/recompute.py; Megatron's none or full) it
-predicts the per-GPU memory (megatron_tsp.planner_memory: params, grads, optimizer state, kept
+predicts the per-GPU memory (megatron_tsp.planner.memory: params, grads, optimizer state, kept
 activations, transient buffers; a GPU flash attention kernel), the bytes each GPU sends and
-receives per step (megatron_tsp.planner_bytes, the same formulas the benchmark's counters
-confirm byte for byte) and the FLOPs it computes (megatron_tsp.planner_flops, recompute
+receives per step (megatron_tsp.planner.transfers, the same formulas the benchmark's counters
+confirm byte for byte) and the FLOPs it computes (megatron_tsp.planner.flops, recompute
 included). It recommends, among the layouts that fit in 90% of the GPU's memory (the rest is
 left to the CUDA context, NCCL and allocator fragmentation) or of --memory-budget-gb, the
 fastest: compute time at the GPU's peak plus communication time (max(sent, received) over the
 link bandwidth), per sequence the whole job processes per step (dp x micro-batch). Overlap,
 kernel efficiency and latency are ignored: it ranks layouts, it does not predict step time.
+TSP's layouts obey the launcher's size rules (size_rules.py): it never plans what
+pretrain_qwen3.py refuses.
 """
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional
 
-from megatron_tsp.models.config import Qwen3Config, qwen3_preset
-from megatron_tsp.planner_bytes import RECOMPUTE, Layout, transfer_bytes
-from megatron_tsp.planner_flops import hardware_flops_per_token
-from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
+from megatron_tsp.config import Qwen3Config, qwen3_preset
+from megatron_tsp.config_adapters import UNTIE_FLAG
+from megatron_tsp.planner.transfers import RECOMPUTE, Layout, transfer_bytes
+from megatron_tsp.planner.flops import hardware_flops_per_token
+from megatron_tsp.planner.memory import MemoryEstimate, memory_bytes
+from megatron_tsp.size_rules import (
+    LAUNCHER, SIZE_FIELDS, Flags, flag_of, megatron_problem, positions_problem, refuse,
+    tsp_problem)
 
 GIB, GB = 2 ** 30, 10 ** 9
 # what a layout may plan to allocate: the rest is left to what the planner does not model (the
 # CUDA context, NCCL's buffers, the caching allocator's fragmentation)
 USABLE_MEMORY_FRACTION = 0.9
-SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-               "kv_channels", "ffn_hidden_size", "vocab_size")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
@@ -72,18 +78,20 @@ class Plan:
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """--model-size and the explicit shape flags (which override the preset)."""
     parser.add_argument("--model-size", help="a Qwen3 preset: 0.6b ... 32b, tiny")
-    for flag in SHAPE_FLAGS:
-        parser.add_argument("--" + flag.replace("_", "-"), type=int, help="overrides the preset")
-    parser.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    for field in SIZE_FIELDS:
+        parser.add_argument(flag_of(field), type=int, help="overrides the preset")
+    parser.add_argument(UNTIE_FLAG, action="store_true")
 
 
 def model_config_from_args(args: argparse.Namespace) -> Qwen3Config:
-    """The preset with the explicit shape flags applied; without a preset, every shape flag."""
-    given = {f: getattr(args, f) for f in SHAPE_FLAGS if getattr(args, f) is not None}
+    """The preset with the explicit shape flags applied; without a preset, every shape flag
+    that has no default."""
+    given = {f: getattr(args, f) for f in SIZE_FIELDS if getattr(args, f) is not None}
     if args.model_size:
         cfg = qwen3_preset(args.model_size).replace(**given)
     else:
-        missing = [f"--{f.replace('_', '-')}" for f in SHAPE_FLAGS if f not in given]
+        missing = [flag_of(f.name) for f in dataclasses.fields(Qwen3Config)
+                   if f.default is dataclasses.MISSING and f.name not in given]
         if missing:
             raise ValueError(f"without --model-size give every shape flag; missing "
                              f"{' '.join(missing)}")
@@ -92,20 +100,14 @@ def model_config_from_args(args: argparse.Namespace) -> Qwen3Config:
         else cfg
 
 
-def unsupported(layout: Layout, cfg: Qwen3Config, S: int) -> Optional[str]:
-    """Why a layout cannot run this model and sequence (None when it can)."""
-    t, c, G = layout.tp, layout.cp, cfg.num_query_groups
-    if cfg.num_attention_heads % t or cfg.ffn_hidden_size % t:
-        return "heads or FFN not divisible by the TP size"
-    if layout.scheme == "tsp":
-        if G % t and t % G:
-            return "kv groups neither a multiple nor a divisor of D"
-        return "sequence not a multiple of 2D" if S % (2 * t) else None
-    if G % t:
-        return "kv groups not divisible by the TP size"
-    if S % (2 * c) or S % t:
-        return "sequence not divisible by the sequence shards"
-    return None
+def unsupported(layout: Layout, cfg: Qwen3Config, S: int,
+                flags: Flags = LAUNCHER) -> Optional[str]:
+    """Why a layout cannot run this model and sequence (None when it can): TSP and one device
+    by the launcher's own rules, so that a plan is never one pretrain_qwen3.py refuses."""
+    if layout.scheme in ("tsp", "single"):
+        return tsp_problem(cfg, layout.tp, S, world_size=layout.group_size * layout.dp,
+                           flags=flags)
+    return megatron_problem(cfg, layout.tp, layout.cp, S, flags)
 
 
 def _modes(scheme: str) -> List[str]:
@@ -181,8 +183,6 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
                         help="per-GPU memory a plan may use (GB = 1e9 bytes); by default 90%% "
                              "of the GPU's")
     args = parser.parse_args(argv)
-    if args.seq_length <= 0:
-        raise ValueError(f"--seq-length must be positive, got {args.seq_length}")
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
     if args.micro_batch_size < 1:
@@ -190,6 +190,7 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
     if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
         raise ValueError(f"--memory-budget-gb must be positive, got {args.memory_budget_gb}")
     cfg = model_config_from_args(args)
+    refuse(positions_problem(cfg, args.seq_length))
     budget = args.memory_budget_gb * GB if args.memory_budget_gb else None
     rows = plans(cfg, args.seq_length, args.gpus, args.gpu, args.micro_batch_size, args.dtype,
                  args.distributed_optimizer, budget)
@@ -205,7 +206,3 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
                                f"sequence)" if best else "nothing fits; add GPUs or shorten the "
                                "sequence"))
     return rows
-
-
-if __name__ == "__main__":
-    main()

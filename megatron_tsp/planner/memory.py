@@ -19,8 +19,8 @@ L layers, V vocabulary (Vp padded), e bytes per activation element, t tensor-par
 from dataclasses import dataclass
 
 from megatron_tsp.layers.recompute import NONE, Recompute
-from megatron_tsp.models.config import Qwen3Config
-from megatron_tsp.planner_bytes import FP32, Layout, params_per_rank, vocab_rows
+from megatron_tsp.config import Qwen3Config
+from megatron_tsp.planner.transfers import FP32, Layout, params_per_rank, vocab_rows
 
 INT64 = 8
 # gloo (the CPU runs' backend) stages an all-gather or reduce-scatter through one buffer of the

@@ -1,0 +1,3 @@
+from megatron_tsp.planner.plan import main
+
+main()
