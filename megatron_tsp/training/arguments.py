@@ -20,7 +20,7 @@ from megatron_tsp.layers.recompute import layer_recomputes
 from megatron_tsp.config import PRESETS, Qwen3Config, qwen3_preset
 from megatron_tsp.config_adapters import (
     QWEN3_ARCHITECTURE_ARGS, SHAPE_FLAGS, UNTIE_FLAG, megatron_shape, qwen3_config_from_args)
-from megatron_tsp.size_rules import refuse, tsp_problem
+from megatron_tsp.size_rules import group_problem, refuse, tsp_problem
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
 from megatron_tsp.training.launch_checks import (
     check_blend, check_load, check_numerics, check_save, check_split, check_training)
@@ -118,8 +118,7 @@ def explicit_flags(argv: Iterable[str]) -> Set[str]:
 
 
 def _reject_replaced_parallelism(args) -> None:
-    if args.tsp_size < 1:
-        raise ValueError(f"--tsp-size must be >= 1, got {args.tsp_size}")
+    refuse(group_problem(args.tsp_size, args.pipeline_model_parallel_size))
     if args.tsp_size == 1:
         return
     if args.tensor_model_parallel_size != 1:
