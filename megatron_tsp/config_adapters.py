@@ -26,6 +26,12 @@ SHAPE_FLAGS = {
     "--init-method-std": ("init_method_std", "init_method_std"),
 }
 UNTIE_FLAG = "--untie-embeddings-and-output-weights"
+# what makes a Megatron GPT a Qwen3, in Megatron's args (transformer_config_from_qwen3 says the
+# same in a TransformerConfig): always set
+QWEN3_ARCHITECTURE_ARGS = dict(qk_layernorm=True, swiglu=True, normalization="RMSNorm",
+                               add_bias_linear=False, add_qkv_bias=False,
+                               group_query_attention=True, position_embedding_type="rope",
+                               rotary_percent=1.0)
 
 
 def megatron_shape(config: Qwen3Config) -> dict:

@@ -73,6 +73,15 @@ def sequence_problem(seq_length: int, tsp_size: int, flags: Flags = LAUNCHER) ->
     return None
 
 
+def group_problem(tsp_size: int, pipeline_size: int = 1,
+                  flags: Flags = LAUNCHER) -> Optional[str]:
+    if tsp_size < 1:
+        return f"{flags.group_size} must be >= 1, got {tsp_size}"
+    if pipeline_size < 1:
+        return f"{flags.pipeline_size} must be >= 1, got {pipeline_size}"
+    return None
+
+
 def world_problem(world_size: int, tsp_size: int, pipeline_size: int = 1,
                   flags: Flags = LAUNCHER) -> Optional[str]:
     if world_size % (tsp_size * pipeline_size):
@@ -87,13 +96,9 @@ def tsp_problem(config, tsp_size: int, seq_length: Optional[int] = None,
     """The first rule a TSP run of `config` at D = tsp_size breaks (the sequence and world size
     rules only when those are given)."""
     D, heads, groups = tsp_size, config.num_attention_heads, config.num_query_groups
-    problem = shape_problem(config)
+    problem = shape_problem(config) or group_problem(D, pipeline_size, flags)
     if problem:
         return problem
-    if D < 1:
-        return f"{flags.group_size} must be >= 1, got {D}"
-    if pipeline_size < 1:
-        return f"{flags.pipeline_size} must be >= 1, got {pipeline_size}"
     if heads % D:
         return f"--num-attention-heads ({heads}) must be divisible by {flags.group_size} ({D})"
     # a step's kv groups are either whole on one owner or split over D/G owners

@@ -171,9 +171,10 @@ def cmd_throughput(args) -> int:
 def sdpa_cases(seq_length: int, tsp_sizes=(1, 8)):
     """(D, chunk index k, q rows c, kv length (k+1) c) of TSP's zigzag chunks: rank p holds
     chunks p and 2D-1-p of length c = S / 2D and attends to the keys up to each chunk's end."""
+    from megatron_tsp.size_rules import sequence_problem
     cases = []
     for D in tsp_sizes:
-        if seq_length % (2 * D):
+        if sequence_problem(seq_length, D):
             continue
         c = seq_length // (2 * D)
         for k in sorted({0, 1, D - 1, D, 2 * D - 1}):

@@ -5,24 +5,14 @@ naming the file, before anything is read into the model or written."""
 import os
 import shutil
 
-import numpy
 import pytest
-import torch
 
 from tests.launch_cases import run_cases
+from tests.launch_inputs import write_dataset
 from tests.pretrain_runner import convert
 from tests.small_checkpoint import write_checkpoint
 
 MOCK = ["--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3", "--save-interval", "1"]
-
-
-def _write_dataset(prefix, documents, seed):
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-    generator = torch.Generator().manual_seed(seed)
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
-    for length in range(20, 20 + documents):
-        builder.add_document(torch.randint(0, 4096, (length,), generator=generator), [length])
-    builder.finalize(f"{prefix}.idx")
 
 
 def _cut(path, nbytes):
@@ -35,8 +25,8 @@ def datasets(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     for name in ("good", "short_bin", "short_idx", "not_an_index", "swapped", "no_documents"):
-        _write_dataset(root / name, documents=5, seed=0)
-    _write_dataset(root / "other", documents=7, seed=1)
+        write_dataset(root / name, documents=5, seed=0)
+    write_dataset(root / "other", documents=7, seed=1)
     _cut(root / "short_bin.bin", 2)
     _cut(root / "short_idx.idx", 8)
     (root / "not_an_index.idx").write_bytes(b"this is not an index")

@@ -2,37 +2,21 @@
 (issue 11): a split that holds no document (Megatron spun forever building its indices), and
 token ids outside the tokenizer's vocabulary (trained on silently)."""
 
-import numpy
 import pytest
-import torch
 
 from tests.launch_cases import run_cases
+from tests.launch_inputs import prepared_args, write_dataset
 from tests.pretrain_runner import run_pretrain
 
 TRAIN = ["--micro-batch-size", "1", "--train-iters", "2", "--lr", "1e-3", "--save-interval", "1",
          "--tokenizer-type", "NullTokenizer", "--vocab-size", "100", "--seq-length", "64"]
 
 
-def _write_dataset(prefix, documents, high, bad_document=None):
-    """documents of 20-40 ids below `high`; bad_document holds the id 4000 at its 7th token."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-    generator = torch.Generator().manual_seed(0)
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
-    for document in range(documents):
-        length = 20 + document % 21
-        ids = torch.randint(0, high, (length,), generator=generator)
-        if document == bad_document:
-            ids[6] = 4000
-        builder.add_document(ids, [length])
-    builder.finalize(f"{prefix}.idx")
-    return prefix
-
-
 def test_a_split_that_gets_no_document_is_refused_at_launch(tmp_path):
     """Five documents: Megatron's default split 969,30,1 gives the validation and test splits
     none, and its GPTDataset looped forever ("Build and save the GPTDataset test indices") even
     with --eval-iters 0; 95,5,0 gives the validation split none."""
-    small = _write_dataset(tmp_path / "small", documents=5, high=100)
+    small = write_dataset(tmp_path / "small", documents=5, high=100)
     cases = [(["--data-path", small, *TRAIN], 1),
              (["--data-path", small, "--eval-iters", "0", *TRAIN], 1),
              (["--data-path", small, "--split", "95,5,0", *TRAIN], 1)]
@@ -47,20 +31,19 @@ def test_a_split_that_gets_no_document_is_refused_at_launch(tmp_path):
 
 
 def test_splits_that_get_documents_are_accepted(tmp_path, monkeypatch):
-    from tests.test_launch_checks import _prepared
     monkeypatch.setenv("WORLD_SIZE", "1")
-    small = _write_dataset(tmp_path / "small", documents=5, high=100)
+    small = write_dataset(tmp_path / "small", documents=5, high=100)
     for split in ("100,0,0", "3,2,0", "1,1,1"):
-        assert _prepared(["--data-path", small, "--split", split, *TRAIN]).split == split
-    enough = _write_dataset(tmp_path / "enough", documents=700, high=100)
-    _prepared(["--data-path", enough, *TRAIN])  # Megatron's default split, 969,30,1
+        assert prepared_args(["--data-path", small, "--split", split, *TRAIN]).split == split
+    enough = write_dataset(tmp_path / "enough", documents=700, high=100)
+    prepared_args(["--data-path", enough, *TRAIN])  # Megatron's default split, 969,30,1
 
 
 @pytest.mark.slow
 def test_a_token_id_outside_the_vocabulary_stops_the_run_naming_the_document(tmp_path):
     """--vocab-size 100 on data whose document 13 holds the id 4000: at tsp 1 it trained on with
     a wrong loss and exit code 0."""
-    data = _write_dataset(tmp_path / "data", documents=20, high=100, bad_document=13)
+    data = write_dataset(tmp_path / "data", documents=20, high=100, bad_document=13)
     code, _, output = run_pretrain(
         1, ["--data-path", data, "--split", "100,0,0", "--eval-iters", "0", "--global-batch-size",
             "4", "--micro-batch-size", "4", "--train-iters", "10", "--lr", "1e-3",

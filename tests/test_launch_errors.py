@@ -159,8 +159,8 @@ CASES += MEGATRON_CHECKS
 
 
 def test_every_bad_launch_exits_fast_naming_the_flag_and_writes_nothing(tmp_path):
-    from tests.test_data_checks import _write_dataset
-    dataset = str(_write_dataset(tmp_path / "corpus", documents=40, high=100))
+    from tests.launch_inputs import write_dataset
+    dataset = str(write_dataset(tmp_path / "corpus", documents=40, high=100))
     cases = [([dataset if token == DATASET else token for token in argv]
               + ["--save", str(tmp_path / "ckpt"), "--tensorboard-dir", str(tmp_path / "tb")],
               world) for argv, world, _ in CASES]

@@ -11,20 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
+from tests.launch_inputs import prepared_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _prepared(argv):
-    args = parse_tsp_args(argv)
-    prepare_args(args, argv)
-    return args
-
-
 def test_model_size_fills_shape_and_explicit_flags_win(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
-    args = _prepared(["--model-size", "8b", "--tsp-size", "8", "--num-layers", "4",
+    args = prepared_args(["--model-size", "8b", "--tsp-size", "8", "--num-layers", "4",
                       "--seq-length", "131072", "--max-position-embeddings", "131072",
                       "--mock-data"])
     assert (args.hidden_size, args.num_attention_heads, args.num_query_groups,
@@ -38,7 +32,7 @@ def test_model_size_fills_shape_and_explicit_flags_win(monkeypatch):
 
 def test_no_data_flag_means_the_embedded_corpus(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    args = _prepared(["--tsp-size", "2"])
+    args = prepared_args(["--tsp-size", "2"])
     assert args.tokenizer_type == "HuggingFaceTokenizer"
     assert Path(args.tokenizer_model, "tokenizer.json").is_file()
     assert args.data_path[0].endswith("shakespeare_tragedies_text_document")

@@ -134,6 +134,14 @@ def vocab_logits(hidden: torch.Tensor, table: torch.Tensor, vocab_size: int) -> 
     return torch.cat(blocks, dim=-1).view(hidden.shape[:-1] + (-1,))
 
 
+def global_loss_totals(local_sum: torch.Tensor, token_count: torch.Tensor) -> torch.Tensor:
+    """[loss sum, token count] of the whole sequence: this rank's (detached) added over the TSP
+    group, the one reduction every loss of the package goes through."""
+    totals = torch.stack([local_sum.detach().float(), token_count.detach().float()])
+    comm.all_reduce_sum(totals, LOSS)
+    return totals
+
+
 def masked_token_mean(loss: torch.Tensor, loss_mask: torch.Tensor
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-token local losses -> (what this rank backpropagates, the global mean to report).
@@ -141,6 +149,6 @@ def masked_token_mean(loss: torch.Tensor, loss_mask: torch.Tensor
     Each rank backpropagates its local sum over the GLOBAL token count, so the gradients add up
     to those of the single-device mean; the reported mean is summed over the TSP group.
     """
-    totals = torch.stack([(loss.float() * loss_mask).sum(), loss_mask.float().sum()]).detach()
-    comm.all_reduce_sum(totals, LOSS)
-    return (loss.float() * loss_mask).sum() / totals[1], totals[0] / totals[1]
+    local_sum = (loss.float() * loss_mask).sum()
+    totals = global_loss_totals(local_sum, loss_mask.sum())
+    return local_sum / totals[1], totals[0] / totals[1]

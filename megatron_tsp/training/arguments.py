@@ -19,8 +19,8 @@ import torch
 from megatron_tsp.layers.recompute import layer_recomputes
 from megatron_tsp.config import PRESETS, Qwen3Config, qwen3_preset
 from megatron_tsp.config_adapters import (
-    SHAPE_FLAGS, UNTIE_FLAG, megatron_shape, qwen3_config_from_args)
-from megatron_tsp.size_rules import refuse, tsp_problem
+    QWEN3_ARCHITECTURE_ARGS, SHAPE_FLAGS, UNTIE_FLAG, megatron_shape, qwen3_config_from_args)
+from megatron_tsp.size_rules import group_problem, refuse, tsp_problem
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
 from megatron_tsp.training.launch_checks import (
     check_blend, check_load, check_numerics, check_save, check_split, check_training)
@@ -30,10 +30,6 @@ EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 # flag -> Megatron dest of every flag a checkpoint's shape sets
 _CHECKPOINT_SHAPE = {**{flag: dest for flag, (dest, _) in SHAPE_FLAGS.items()},
                      UNTIE_FLAG: "untie_embeddings_and_output_weights"}
-# what makes a Megatron GPT a Qwen3: always set
-_QWEN3_ARCHITECTURE = dict(qk_layernorm=True, swiglu=True, normalization="RMSNorm",
-                           add_bias_linear=False, add_qkv_bias=False, group_query_attention=True,
-                           position_embedding_type="rope", rotary_percent=1.0)
 # flag -> (dest, value) defaults that differ from Megatron's
 _QWEN3_DEFAULTS = {"--attention-dropout": ("attention_dropout", 0.0),
                    "--hidden-dropout": ("hidden_dropout", 0.0)}
@@ -122,8 +118,7 @@ def explicit_flags(argv: Iterable[str]) -> Set[str]:
 
 
 def _reject_replaced_parallelism(args) -> None:
-    if args.tsp_size < 1:
-        raise ValueError(f"--tsp-size must be >= 1, got {args.tsp_size}")
+    refuse(group_problem(args.tsp_size, args.pipeline_model_parallel_size))
     if args.tsp_size == 1:
         return
     if args.tensor_model_parallel_size != 1:
@@ -196,7 +191,7 @@ def _apply_shape(args, explicit: Set[str], saved, config: Optional[Qwen3Config])
     for flag, dest in _CHECKPOINT_SHAPE.items():
         if flag not in explicit:
             setattr(args, dest, shape[dest])
-    for dest, value in _QWEN3_ARCHITECTURE.items():
+    for dest, value in QWEN3_ARCHITECTURE_ARGS.items():
         setattr(args, dest, value)
     for flag, (dest, value) in _QWEN3_DEFAULTS.items():
         if flag not in explicit:

@@ -13,14 +13,13 @@ import torch
 from megatron.training import get_args, get_timers, get_tokenizer
 from megatron.training.argument_utils import core_transformer_config_from_args
 
-from megatron_tsp import comm
 from megatron_tsp.checkpoint import checkpoint_args, has_checkpoint
 from megatron_tsp import parallel_state as ps
+from megatron_tsp.layers.vocab import global_loss_totals
 from megatron_tsp.models.qwen3 import TSPQwen3Model
 from megatron_tsp.config_adapters import qwen3_config_from_args
 from megatron_tsp.training import nonfinite
 from megatron_tsp.training.data import get_local_batch
-from megatron_tsp.transfer_kinds import LOSS
 
 
 def model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
@@ -61,8 +60,7 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     losses = output_tensor.float().reshape(-1)
     loss_mask = loss_mask.float().reshape(-1)
     local_sum = nonfinite.note_loss(torch.sum(losses * loss_mask))
-    totals = torch.stack([local_sum.detach(), loss_mask.sum()])
-    comm.all_reduce_sum(totals, LOSS)
+    totals = global_loss_totals(local_sum, loss_mask.sum())
     num_tokens = totals[1].to(torch.int)
     return local_sum, num_tokens, {"lm loss": totals}
 
