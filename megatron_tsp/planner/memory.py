@@ -156,15 +156,15 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     probabilities with three fp32 accumulators (this rank's partial, the travelling and the
     incoming one). Both measured on fake GPU tensors (tests/test_fake_gpu.py) and on CPU
     (tests/test_planner.py).
-    Last layer's attention backward, the core of step j: in units of the step's keys/values of
-    the whole sequence, their gradient as the core's backward assembles it (two), the keys and
-    values recomputed when the core is (one; kept ones are activations), and two reduce-
-    scatters in flight (step j's, step j-1's: their rank-order input and the backend's
-    `collective_copies` each); on the local tokens, step j's core output gradient and query
-    gradient and step j-1's query and local key/value gradients, and where the step recomputes,
-    also what it rebuilt (projections, rotated q, local k/v, core output: both steps); four fp32
-    [s, h] gradient tensors, less the last layer's pre-MLP norm and the final norm already
-    freed."""
+    Last layer's attention backward, the core of step j, once the last layer's MLP has freed
+    what it kept: in units of the step's keys/values of the whole sequence, two beside the kept
+    ones (the gradient as the core's backward assembles it, and the keys/values recomputed
+    where the core is: measured, tests/test_planner.py) and two reduce-scatters in flight
+    (step j's, step j-1's: their rank-order input and the backend's `collective_copies` each);
+    on the local tokens, step j's core output gradient and query gradient and step j-1's query
+    and local key/value gradients, and where the step recomputes, also what it rebuilt
+    (projections, rotated q, local k/v, core output: both steps); four fp32 [s, h] gradient
+    tensors, less the last layer's pre-MLP norm and the final norm already freed."""
     s, h, hd = S // D * b, cfg.hidden_size, cfg.kv_channels
     shard = cfg.padded_vocab_size(D) // D
     copy = e if e < FP32 else 0  # an fp32 matmul's logits are their own fp32 copy
@@ -173,12 +173,14 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     vocab = max(logits_made, gradient_passed) + 2 * shard * h * e + 2 * s * h * FP32
     steps = min(cfg.num_query_groups, D)
     kv_step = S * b * 2 * (cfg.num_query_groups // steps) * hd * e
-    kv_copies = (3 if recompute.core_attn or recompute.qkv else 2) + 2 * (1 + collective_copies)
+    kv_copies = 2 + 2 * (1 + collective_copies)
     q_step, kv_local = s * cfg.num_attention_heads // steps * hd * e, kv_step // D
     rebuilt = recompute.qkv or recompute.norm_rope or recompute.core_attn
     local = 8 * q_step + 5 * kv_local if rebuilt else 3 * q_step + kv_local
+    mlp_kept = 0 if recompute.fc1 else s * cfg.ffn_hidden_size * e * (2 if recompute.swiglu
+                                                                        else 4)
     attention_step = (kv_copies * kv_step + local + 4 * s * h * FP32
-                      - 2 * _tsp_norm_bytes(s, h, e))
+                      - 2 * _tsp_norm_bytes(s, h, e) - mlp_kept)
     return max(vocab, attention_step)
 
 
