@@ -1,0 +1,114 @@
+"""One decode step on the TSP weight shards used as tensor-parallel shards: no weight moves.
+
+Legend: b batch, h hidden, nh/G query/kv heads, hpg = nh/G, hd head dim, n_r tokens in this
+rank's cache slice, Vp padded vocabulary. Rank r's shards are Megatron's tensor-parallel shards
+r, so each product below is a column- or row-parallel GEMM on r's own shard:
+
+    embedding   x = all-reduce(own vocabulary rows' embeddings)                   [b, h]
+    attention   qkv = all-gather(x @ Wqkv_r^T)                                     one token
+                every rank: all nh heads over its cache slice -> out_r, lse_r      [b, nh, hd]
+                all-gather (out_r, lse_r), merged by log-sum-exp   (flash-decoding / Helix)
+                y = all-reduce(out[heads of r] @ Wproj_r^T)
+    MLP         y = all-reduce(swiglu(x @ Wfc1_r^T) @ Wfc2_r^T)
+    vocabulary  logits = all-gather(x @ Wout_r^T)                                  [b, Vp]
+
+The qkv of the new token is gathered whole because every rank's slice holds every kv head, so
+every rank needs every head's query (and the rank caching the token, all its kv heads). Four
+exchanges per layer, none of which grows with the context. Nothing here waits on the host: the
+cache lengths and the placement are host integers.
+"""
+
+import torch
+
+from megatron_tsp import comm
+from megatron_tsp import parallel_state as ps
+from megatron_tsp.inference.kv_cache import KVCache
+from megatron_tsp.layers.mlp import swiglu_mlp
+from megatron_tsp.layers.rotary import apply_rotary, rotary_cos_sin
+from megatron_tsp.layers.norm import rms_norm
+from megatron_tsp.layers.vocab import _masked_logits, _rows_in_shard
+
+
+def _gather_last(local: torch.Tensor, kind: str) -> torch.Tensor:
+    """[..., m] on each rank -> [..., D·m] in rank order on every rank."""
+    if ps.get_tsp_world_size() == 1:
+        return local
+    parts = comm.gather_along_sequence(local.unsqueeze(0), kind)  # [D, ..., m]
+    return parts.movedim(0, -2).flatten(-2)
+
+
+def _sum(partial: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    return comm.all_reduce_sum(partial.float(), kind).to(dtype)
+
+
+def embed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [b] -> embeddings [b, h]: each id's row lives in one rank's shard."""
+    table = model.embedding.word_embeddings.weight
+    hit, row = _rows_in_shard(tokens, ps.get_tsp_rank(), table.shape[0])
+    return comm.all_reduce_sum(torch.where(hit.unsqueeze(-1), table[row], 0), "decode_embedding")
+
+
+def logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Final-normed hidden [b, h] -> logits [b, V] (fp32), padded rows dropped."""
+    vocab = model.qwen3_config.vocab_size
+    local = _masked_logits(hidden, model.output_weight(), ps.get_tsp_rank(), vocab)
+    return _gather_last(local, "decode_logits")[:, :vocab]
+
+
+def _partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q [b, G, hpg, hd] over k/v [b, G, n_r, hd] -> out [b, G, hpg, hd], lse [b, G, hpg]
+    (fp32). An empty slice gives lse -inf, which the merge weighs zero."""
+    if k.shape[2] == 0:
+        return (torch.zeros(q.shape, dtype=torch.float32, device=q.device),
+                torch.full(q.shape[:-1], float("-inf"), device=q.device))
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    lse = scores.logsumexp(-1)
+    probs = (scores - lse.unsqueeze(-1)).exp()
+    return (probs.to(v.dtype) @ v).float(), lse
+
+
+def _merge(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Every rank's out [b, nh, hd] and lse [b, nh] -> the attention over all caches [b, nh, hd]."""
+    packed = _gather_last(torch.cat([out, lse.unsqueeze(-1)], -1).unsqueeze(-1),
+                          "decode_attn_merge")  # [b, nh, hd + 1, D]
+    outs, lses = packed[:, :, :-1], packed[:, :, -1:]
+    weights = (lses - lses.logsumexp(-1, keepdim=True)).exp()
+    return (outs * weights).sum(-1)
+
+
+def _attention(attention, x, cache: KVCache, layer: int, cos, sin):
+    """x [1, b, h] (normed) -> attention output [1, b, h]; the token's k/v go to the cache."""
+    shape, b = attention.shape, x.shape[1]
+    G, hd, hpg = shape.groups, shape.head_dim, shape.heads_per_group
+    qkv = _gather_last(x @ attention.linear_qkv.weight.t(), "decode_qkv")
+    qkv = qkv.view(1, b, G, hpg + 2, hd)
+    q = rms_norm(qkv[:, :, :, :hpg].reshape(1, b, G * hpg, hd), attention.q_layernorm.weight,
+                 shape.eps)
+    q = apply_rotary(q, cos, sin)
+    k = apply_rotary(rms_norm(qkv[:, :, :, hpg], attention.k_layernorm.weight, shape.eps),
+                     cos, sin)
+    cache.append(layer, k[0], qkv[0, :, :, hpg + 1])
+    out, lse = _partial_attention(q[0].view(b, G, hpg, hd), *cache.keys_values(layer))
+    merged = _merge(out.flatten(1, 2), lse.flatten(1, 2)).flatten(1)  # [b, nh·hd]
+    w_proj = attention.linear_proj.weight  # [h, nh·hd / D]: columns of this rank's heads
+    columns = w_proj.shape[1]
+    mine = merged[:, ps.get_tsp_rank() * columns:(ps.get_tsp_rank() + 1) * columns]
+    return _sum(mine.to(x.dtype) @ w_proj.t(), "decode_attn_out", x.dtype).unsqueeze(0)
+
+
+@torch.no_grad()
+def decode_step(model, tokens: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor:
+    """tokens [b] at `position` (the same on every rank) -> next-token logits [b, V] (fp32);
+    the tokens' keys/values are cached."""
+    cfg = model.qwen3_config
+    positions = torch.full((tokens.shape[0], 1), position, device=tokens.device)
+    cos, sin = rotary_cos_sin(positions, cfg.kv_channels, cfg.rotary_base)  # [1, b, 1, hd]
+    x = embed(model, tokens).unsqueeze(0)  # [1, b, h]
+    for i, layer in enumerate(model.decoder.layers):
+        x = x + _attention(layer.self_attention, layer.input_layernorm(x), cache, i, cos, sin)
+        mlp = layer.mlp
+        partial = swiglu_mlp(layer.pre_mlp_layernorm(x), mlp.linear_fc1.weight,
+                             mlp.linear_fc2.weight)
+        x = x + _sum(partial, "decode_mlp_out", x.dtype)
+    cache.advance()
+    return logits(model, model.decoder.final_layernorm(x)[0])
