@@ -1,10 +1,12 @@
 """Generation (megatron_tsp/inference): greedy tokens and every step's logits equal
 transformers' generate() on the same imported fp32 model at D = 1, 2 and 4; the KV cache is
-sequence-sharded, 1/D of one device's per rank, also with fewer kv groups than ranks.
+sequence-sharded, 1/D of one device's per rank (measured from the cache tensors), also with
+fewer kv groups than ranks.
 
 Two random transformers Qwen3 models, imported with the project's converter into torch_dist
 checkpoints: tied with 2 kv groups (= D at 2, < D at 4) and untied with 4 (> D at 2, = D at
-4). Prompts of 1, 5, 8 and 13 tokens: multiples of 2D and not.
+4). Prompts of 1, 13 and 64 tokens: a multiple of 2D and not. D = 4, 2 and 1 run in one launch
+of 4 processes (at D < 4 the groups beside the first repeat it).
 """
 
 import pytest
@@ -14,8 +16,9 @@ import transformers
 from tests.dist import run_distributed
 from tests.hf_models import HF_SHAPE, randomize
 
-MAX_NEW = 6
-PROMPT_LENGTHS = (1, 5, 8, 13)
+MAX_NEW = 9
+BLOCK = 2
+PROMPT_LENGTHS = (1, 13, 64)
 MODELS = {"tied_g2": dict(tie_word_embeddings=True),
           "untied_g4": dict(tie_word_embeddings=False, num_attention_heads=8,
                             num_key_value_heads=4, head_dim=16)}
@@ -26,46 +29,95 @@ def _import(hf_dir, save):
     import_hf(str(hf_dir), str(save), dtype="fp32")
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def imported(request, tmp_path_factory):
-    """(transformers model, its torch_dist import)."""
-    root = tmp_path_factory.mktemp(request.param)
-    config = transformers.Qwen3Config(**{**HF_SHAPE, **MODELS[request.param]}, rope_theta=1e6)
-    torch.manual_seed(0)
-    model = randomize(transformers.Qwen3ForCausalLM(config).eval())
-    model.save_pretrained(root / "hf")
-    run_distributed(_import, 1, root / "hf", root / "ckpt")
-    return model, root / "ckpt"
-
-
 def _prompts(vocab):
     generator = torch.Generator().manual_seed(3)
     return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in PROMPT_LENGTHS]
 
 
-def _generate(tsp_size, checkpoint, prompts, max_new, block):
-    from megatron_tsp.conversion.convert import load_model
+def _every_size(checkpoints, prompts):
+    """Worker on 4 ranks: {(model, D): [Generation per prompt]} of this rank."""
+    from megatron_tsp import parallel_state as ps
+    from megatron_tsp.checkpoint import checkpoint_dir, load_model_weights
+    from megatron_tsp.conversion.convert import checkpoint_args, checkpoint_dtype
     from megatron_tsp.inference.generate import generate
-    model = load_model(str(checkpoint), tsp_size)
-    return [generate(model, prompt, max_new, block=block, keep_logits=True)
-            for prompt in prompts]
+    from megatron_tsp.models.qwen3 import TSPQwen3Model
+    from megatron_tsp.training.arguments import qwen3_config_from_args
+    results = {}
+    for tsp_size in (4, 2, 1):
+        ps.initialize_tsp(tsp_size)
+        try:
+            for name, checkpoint in checkpoints.items():
+                args = checkpoint_args(str(checkpoint))
+                model = TSPQwen3Model(qwen3_config_from_args(args, args.tsp_vocab_size),
+                                      dtype=checkpoint_dtype(args))
+                load_model_weights(model, str(checkpoint_dir(str(checkpoint))))
+                results[(name, tsp_size)] = [
+                    generate(model, prompt, MAX_NEW, block=BLOCK, keep_logits=True)
+                    for prompt in prompts[name]]
+        finally:
+            ps.destroy_tsp()
+    return results
 
 
-def test_greedy_tokens_and_logits_equal_transformers(imported):
-    hf, checkpoint = imported
-    prompts = _prompts(hf.config.vocab_size)
-    expected = []
-    for prompt in prompts:
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=MAX_NEW, do_sample=False,
-                          eos_token_id=None, pad_token_id=0, output_logits=True,
-                          return_dict_in_generate=True)
-        expected.append((out.sequences[0, len(prompt):].tolist(),
-                         torch.cat(out.logits)))
-    for tsp_size in (1, 2, 4):
-        ranks = run_distributed(_generate, tsp_size, tsp_size, checkpoint, prompts, MAX_NEW, 2)
-        for rank, results in enumerate(ranks):
-            for prompt, result, (tokens, logits) in zip(prompts, results, expected):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{model name: (transformers model, prompts)} and each rank's generations."""
+    models, checkpoints = {}, {}
+    for name, shape in MODELS.items():
+        root = tmp_path_factory.mktemp(name)
+        torch.manual_seed(0)
+        config = transformers.Qwen3Config(**{**HF_SHAPE, **shape}, rope_theta=1e6)
+        model = randomize(transformers.Qwen3ForCausalLM(config).eval())
+        model.save_pretrained(root / "hf")
+        run_distributed(_import, 1, root / "hf", root / "ckpt")
+        models[name] = model, _prompts(config.vocab_size)
+        checkpoints[name] = root / "ckpt"
+    prompts = {name: p for name, (_, p) in models.items()}
+    return models, run_distributed(_every_size, 4, checkpoints, prompts)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_greedy_tokens_and_logits_equal_transformers(runs, name):
+    models, ranks = runs
+    hf, prompts = models[name]
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt])
+        # an explicit mask: without one transformers masks every id equal to pad_token_id
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW,
+                          do_sample=False, eos_token_id=None, pad_token_id=0,
+                          output_logits=True, return_dict_in_generate=True)
+        tokens, logits = out.sequences[0, len(prompt):].tolist(), torch.cat(out.logits)
+        for tsp_size in (1, 2, 4):
+            for rank in range(4):
+                result = ranks[rank][(name, tsp_size)][i]
                 where = (tsp_size, rank, len(prompt))
                 assert result.tokens == tokens, where
-                ours = torch.stack(result.step_logits)
-                assert (ours - logits).abs().max() <= 1e-4, (where, (ours - logits).abs().max())
+                error = (torch.stack(result.step_logits) - logits).abs().max().item()
+                assert error <= 1e-4, (where, error)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cache_per_rank_is_one_device_over_d(runs, name):
+    """Measured bytes of each rank's cache tensor: together exactly one device's cache; per
+    rank 1/D of it, exactly when the prompt and the generated blocks divide evenly (64 + 8
+    tokens), otherwise within one block and the padding's few tokens."""
+    from megatron_tsp.inference.kv_cache import bytes_per_cached_token
+    from megatron_tsp.models.config import Qwen3Config
+    models, ranks = runs
+    config = models[name][0].config
+    per_token = bytes_per_cached_token(Qwen3Config(
+        num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        num_query_groups=config.num_key_value_heads, kv_channels=config.head_dim,
+        ffn_hidden_size=config.intermediate_size, vocab_size=config.vocab_size), 4)
+    for i, length in enumerate(PROMPT_LENGTHS):
+        one_device = ranks[0][(name, 1)][i].cache_bytes
+        assert one_device == per_token * (length + MAX_NEW - 1)
+        for tsp_size in (2, 4):
+            cache = [ranks[r][(name, tsp_size)][i].cache_bytes for r in range(tsp_size)]
+            assert sum(cache) == one_device, (tsp_size, length, cache)
+            if length == 64:
+                assert cache == [one_device // tsp_size] * tsp_size, (tsp_size, cache)
+            else:
+                slack = per_token * (BLOCK + 2 * tsp_size)
+                assert max(cache) <= one_device / tsp_size + slack, (tsp_size, length, cache)
