@@ -78,7 +78,7 @@ class Generation:
 @torch.no_grad()
 def generate(model, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(),
              stop_ids: Sequence[int] = (), stop: Optional[Callable[[List[int]], bool]] = None,
-             vocab_limit: Optional[int] = None, block: int = 16,
+             vocab_limit: Optional[int] = None, block: int = 4,
              keep_logits: bool = False) -> Generation:
     """Up to max_new_tokens ids after `prompt` (the same on every rank of the TSP group), ending
     at the first of `stop_ids` (kept, as transformers keeps its eos) or when `stop(tokens)`
