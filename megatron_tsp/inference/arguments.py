@@ -89,18 +89,20 @@ def _check_sampling(args) -> Sampling:
 
 
 def _tokenizer_dir(args, saved) -> str:
-    """--tokenizer-model, else the one the checkpoint was trained with, else the tokenizer/
-    directory import-hf copies next to the checkpoint."""
-    kind = args.tokenizer_type or getattr(saved, "tokenizer_type", None)
-    directory = args.tokenizer_model or getattr(saved, "tokenizer_model", None)
-    if directory is None and (Path(args.load) / "tokenizer").is_dir():
-        kind, directory = "HuggingFaceTokenizer", str(Path(args.load) / "tokenizer")
+    """--tokenizer-model, else the tokenizer/ directory import-hf writes beside the checkpoint,
+    else the one the checkpoint was trained with."""
+    if args.tokenizer_model:
+        kind, directory = args.tokenizer_type, args.tokenizer_model
+    elif (Path(args.load) / "tokenizer").is_dir():
+        kind, directory = None, str(Path(args.load) / "tokenizer")
+    elif getattr(saved, "tokenizer_model", None):
+        kind, directory = saved.tokenizer_type, saved.tokenizer_model
+    else:
+        raise ValueError(f"no tokenizer: the checkpoint in --load {args.load} names none and "
+                         "has no tokenizer/ directory; give --tokenizer-model DIR")
     if kind not in (None, "HuggingFaceTokenizer"):
         raise ValueError(f"--tokenizer-type {kind}: generation reads Hugging Face tokenizers "
                          "(--tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR)")
-    if directory is None:
-        raise ValueError(f"no tokenizer: the checkpoint in --load {args.load} names none and "
-                         "has no tokenizer/ directory; give --tokenizer-model DIR")
     if not Path(directory).exists():
         raise ValueError(f"--tokenizer-model {directory}: no such file or directory")
     return directory
