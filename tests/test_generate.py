@@ -96,20 +96,36 @@ def test_greedy_tokens_and_logits_equal_transformers(runs, name):
                 assert error <= 1e-4, (where, error)
 
 
+def _config(hf):
+    from megatron_tsp.conversion.hf_qwen3 import qwen3_config_from_hf
+    return qwen3_config_from_hf(hf.config.to_dict(), "config")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_planner_bytes_equal_the_transfer_counters(runs, name):
+    """Per prefill and per generated token, the planner's bytes per rank (mean over the
+    group) equal what the counters counted; decode's do not depend on the context."""
+    from megatron_tsp.planner_inference import tsp_decode_bytes, tsp_prefill_bytes
+    models, ranks = runs
+    config = _config(models[name][0])
+    for i, length in enumerate(PROMPT_LENGTHS):
+        for tsp_size in (1, 2, 4):
+            results = [ranks[r][(name, tsp_size)][i] for r in range(tsp_size)]
+            where = (tsp_size, length)
+            prefill = sum(r.prefill_bytes for r in results)
+            assert prefill == tsp_size * tsp_prefill_bytes(config, length, tsp_size, 4), where
+            per_token = {r.bytes_per_generated_token for r in results}
+            assert per_token == {tsp_decode_bytes(config, tsp_size, 4)}, (where, per_token)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_cache_per_rank_is_one_device_over_d(runs, name):
     """Measured bytes of each rank's cache tensor: together exactly one device's cache; per
     rank 1/D of it, exactly when the prompt and the generated blocks divide evenly (64 + 8
     tokens), otherwise within one block and the padding's few tokens."""
     from megatron_tsp.inference.kv_cache import bytes_per_cached_token
-    from megatron_tsp.models.config import Qwen3Config
     models, ranks = runs
-    config = models[name][0].config
-    per_token = bytes_per_cached_token(Qwen3Config(
-        num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
-        num_attention_heads=config.num_attention_heads,
-        num_query_groups=config.num_key_value_heads, kv_channels=config.head_dim,
-        ffn_hidden_size=config.intermediate_size, vocab_size=config.vocab_size), 4)
+    per_token = bytes_per_cached_token(_config(models[name][0]), 4)
     for i, length in enumerate(PROMPT_LENGTHS):
         one_device = ranks[0][(name, 1)][i].cache_bytes
         assert one_device == per_token * (length + MAX_NEW - 1)

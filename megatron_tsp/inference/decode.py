@@ -7,14 +7,16 @@ r, so each product below is a column- or row-parallel GEMM on r's own shard:
     embedding   x = all-reduce(own vocabulary rows' embeddings)                   [b, h]
     attention   qkv = all-gather(x @ Wqkv_r^T)                                     one token
                 every rank: all nh heads over its cache slice -> out_r, lse_r      [b, nh, hd]
-                all-gather (out_r, lse_r), merged by log-sum-exp   (flash-decoding / Helix)
+                all-to-all: rank j gets every rank's (out, lse) of j's heads, and merges
+                them by log-sum-exp                                 (flash-decoding / Helix)
                 y = all-reduce(out[heads of r] @ Wproj_r^T)
     MLP         y = all-reduce(swiglu(x @ Wfc1_r^T) @ Wfc2_r^T)
     vocabulary  logits = all-gather(x @ Wout_r^T)                                  [b, Vp]
 
 The qkv of the new token is gathered whole because every rank's slice holds every kv head, so
 every rank needs every head's query (and the rank caching the token, all its kv heads). Four
-exchanges per layer, none of which grows with the context. Nothing here waits on the host: the
+exchanges per layer, none of which grows with the context. The reductions are fp32, as
+training's partial sums; the logits travel in the weights' dtype, in which they were computed. Nothing here waits on the host: the
 cache lengths and the placement are host integers.
 """
 
@@ -50,9 +52,9 @@ def embed(model, tokens: torch.Tensor) -> torch.Tensor:
 
 def logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Final-normed hidden [b, h] -> logits [b, V] (fp32), padded rows dropped."""
-    vocab = model.qwen3_config.vocab_size
-    local = _masked_logits(hidden, model.output_weight(), ps.get_tsp_rank(), vocab)
-    return _gather_last(local, "decode_logits")[:, :vocab]
+    vocab, table = model.qwen3_config.vocab_size, model.output_weight()
+    local = _masked_logits(hidden, table, ps.get_tsp_rank(), vocab).to(table.dtype)
+    return _gather_last(local, "decode_logits")[:, :vocab].float()
 
 
 def _partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -68,12 +70,14 @@ def _partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 
 
 def _merge(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """Every rank's out [b, nh, hd] and lse [b, nh] -> the attention over all caches [b, nh, hd]."""
-    packed = _gather_last(torch.cat([out, lse.unsqueeze(-1)], -1).unsqueeze(-1),
-                          "decode_attn_merge")  # [b, nh, hd + 1, D]
-    outs, lses = packed[:, :, :-1], packed[:, :, -1:]
-    weights = (lses - lses.logsumexp(-1, keepdim=True)).exp()
-    return (outs * weights).sum(-1)
+    """This rank's out [b, nh, hd] and lse [b, nh] over its slice -> the attention of this
+    rank's nh/D heads over every rank's slice [b, nh/D, hd]."""
+    D, b = ps.get_tsp_world_size(), out.shape[0]
+    packed = torch.cat([out, lse.unsqueeze(-1)], -1)  # [b, nh, hd + 1]
+    by_rank = comm.all_to_all(packed.view(b, D, -1, packed.shape[-1]).transpose(0, 1),
+                              "decode_attn_merge")  # [D sources, b, nh/D, hd + 1]
+    outs, lses = by_rank[..., :-1], by_rank[..., -1:]
+    return (outs * (lses - lses.logsumexp(0, keepdim=True)).exp()).sum(0)
 
 
 def _attention(attention, x, cache: KVCache, layer: int, cos, sin):
@@ -89,10 +93,8 @@ def _attention(attention, x, cache: KVCache, layer: int, cos, sin):
                      cos, sin)
     cache.append(layer, k[0], qkv[0, :, :, hpg + 1])
     out, lse = _partial_attention(q[0].view(b, G, hpg, hd), *cache.keys_values(layer))
-    merged = _merge(out.flatten(1, 2), lse.flatten(1, 2)).flatten(1)  # [b, nh·hd]
-    w_proj = attention.linear_proj.weight  # [h, nh·hd / D]: columns of this rank's heads
-    columns = w_proj.shape[1]
-    mine = merged[:, ps.get_tsp_rank() * columns:(ps.get_tsp_rank() + 1) * columns]
+    mine = _merge(out.flatten(1, 2), lse.flatten(1, 2)).flatten(1)  # [b, nh·hd / D]
+    w_proj = attention.linear_proj.weight  # [h, nh·hd / D]: the columns of this rank's heads
     return _sum(mine.to(x.dtype) @ w_proj.t(), "decode_attn_out", x.dtype).unsqueeze(0)
 
 
