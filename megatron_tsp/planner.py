@@ -23,6 +23,7 @@ from typing import List, Optional
 from megatron_tsp.models.config import Qwen3Config, qwen3_preset
 from megatron_tsp.planner_bytes import RECOMPUTE, Layout, transfer_bytes
 from megatron_tsp.planner_flops import hardware_flops_per_token
+from megatron_tsp.planner_inference import generation_line
 from megatron_tsp.planner_memory import MemoryEstimate, memory_bytes
 
 GIB, GB = 2 ** 30, 10 ** 9
@@ -204,6 +205,8 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
                                f"{1e3 * best.compute_s_per_sequence:.1f} ms of compute per "
                                f"sequence)" if best else "nothing fits; add GPUs or shorten the "
                                "sequence"))
+    if unsupported(Layout("tsp", tp=args.gpus), cfg, 2 * args.gpus) is None:
+        print(generation_line(cfg, args.seq_length, args.gpus, DTYPE_BYTES[args.dtype]))
     return rows
 
 
