@@ -55,7 +55,7 @@ def _measure(scheme: str, config: dict, D: int, prompt_length: int, new_tokens: 
 def _predicted(scheme: str, cfg: Qwen3Config, D: int, n: int, new: int) -> dict:
     e, tokens = 4, n + new - 1
     if scheme == "tsp":
-        return {"cache_bytes": tsp_cache_bytes(cfg, tokens, D, e),
+        return {"cache_bytes": tsp_cache_bytes(cfg, n, new, D, e),
                 "prefill_bytes": tsp_prefill_bytes(cfg, n, D, e),
                 "bytes_per_generated_token": tsp_decode_bytes(cfg, D, e)}
     return {"cache_bytes": tp_cache_bytes(cfg, tokens, D, e),

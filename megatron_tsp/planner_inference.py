@@ -11,7 +11,7 @@ head dim, L layers, Vp padded vocabulary, e bytes per weight/activation element;
 merge and the output-projection and MLP reductions are fp32 (4 bytes).
 """
 
-from megatron_tsp.inference.kv_cache import bytes_per_cached_token, padded_length
+from megatron_tsp.inference.kv_cache import bytes_per_cached_token, cached_tokens, padded_length
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.planner_bytes import FP32, attention_weights, mlp_weights, ring_all_reduce
 
@@ -60,9 +60,10 @@ def tp_decode_bytes(cfg: Qwen3Config, D: int, e: int) -> int:
     return tp_prefill_bytes(cfg, 1, D, e)
 
 
-def tsp_cache_bytes(cfg: Qwen3Config, tokens: int, D: int, e: int) -> int:
-    """The fullest rank's cache of `tokens` tokens: every kv head of 1/D of them."""
-    return -(-tokens // D) * bytes_per_cached_token(cfg, e)
+def tsp_cache_bytes(cfg: Qwen3Config, n: int, new_tokens: int, D: int, e: int) -> int:
+    """The fullest rank's cache after an n-token prompt and new_tokens generated ones (the
+    last is never cached): every kv head of ~1/D of the tokens."""
+    return max(cached_tokens(n, new_tokens - 1, D)) * bytes_per_cached_token(cfg, e)
 
 
 def tp_cache_bytes(cfg: Qwen3Config, tokens: int, D: int, e: int) -> int:
@@ -75,7 +76,7 @@ def generation_line(cfg: Qwen3Config, n: int, D: int, e: int) -> str:
     """One line for the planner's output: TSP's generation of an n-token prompt against TP's."""
     mib = 2 ** 20
     return (f"generation at D = {D}, {n}-token prompt: KV cache per rank "
-            f"{tsp_cache_bytes(cfg, n, D, e) / mib:.1f} MiB (TP decode "
+            f"{tsp_cache_bytes(cfg, n, 1, D, e) / mib:.1f} MiB (TP decode "
             f"{tp_cache_bytes(cfg, n, D, e) / mib:.1f}); bytes per rank per prefill "
             f"{tsp_prefill_bytes(cfg, n, D, e) / mib:.1f} MiB (TP {tp_prefill_bytes(cfg, n, D, e) / mib:.1f}), "
             f"per generated token {tsp_decode_bytes(cfg, D, e) / 1024:.1f} KiB "

@@ -137,3 +137,19 @@ def test_cache_per_rank_is_one_device_over_d(runs, name):
             else:
                 slack = per_token * (BLOCK + 2 * tsp_size)
                 assert max(cache) <= one_device / tsp_size + slack, (tsp_size, length, cache)
+
+
+def test_decode_benchmark_counts_what_the_planner_predicts(capsys):
+    """benchmarks/compare_decode.py on loopback at D = 2: TSP and the tensor-parallel reference
+    generate the same greedy tokens, and each one's cache and bytes per prefill and per
+    generated token are the planner's."""
+    from benchmarks.compare_decode import main as benchmark_main
+    results = benchmark_main(["--group-size", "2", "--prompt-length", "64", "--new-tokens", "4"])
+    assert results["same_tokens"], results
+    for scheme in ("tsp", "tp"):
+        measured, planner = results[scheme], results[scheme]["planner"]
+        assert max(measured["cache_bytes_per_rank"]) == planner["cache_bytes"], scheme
+        assert measured["prefill_bytes_per_rank"] == planner["prefill_bytes"], scheme
+        assert measured["bytes_per_generated_token_per_rank"] == \
+            planner["bytes_per_generated_token"], scheme
+    assert "| tsp |" in capsys.readouterr().out

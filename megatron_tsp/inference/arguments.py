@@ -15,7 +15,7 @@ import torch
 
 from megatron_tsp.conversion.convert import checkpoint_dtype
 from megatron_tsp.inference.generate import Sampling
-from megatron_tsp.inference.kv_cache import bytes_per_cached_token, cached_tokens
+from megatron_tsp.inference.kv_cache import BLOCK, bytes_per_cached_token, cached_tokens
 from megatron_tsp.models.config import Qwen3Config
 from megatron_tsp.parallel_state import validate_tsp_config
 from megatron_tsp.planner_bytes import Layout, params_per_rank
@@ -48,7 +48,7 @@ def add_generate_arguments(parser):
     group.add_argument("--max-memory-gb", type=float, default=None,
                        help="refuse to start when a rank's weight shards and KV cache would "
                             "exceed this many GB (1e9 bytes)")
-    group.add_argument("--kv-block-size", type=int, default=4,
+    group.add_argument("--kv-block-size", type=int, default=BLOCK,
                        help="generated tokens cached together on one rank")
     return parser
 

@@ -14,7 +14,7 @@ import torch
 from megatron_tsp import comm
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.inference.decode import decode_step, logits as output_logits
-from megatron_tsp.inference.kv_cache import KVCache
+from megatron_tsp.inference.kv_cache import BLOCK, KVCache
 from megatron_tsp.inference.prefill import prefill
 
 
@@ -78,7 +78,7 @@ class Generation:
 @torch.no_grad()
 def generate(model, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(),
              stop_ids: Sequence[int] = (), stop: Optional[Callable[[List[int]], bool]] = None,
-             vocab_limit: Optional[int] = None, block: int = 4,
+             vocab_limit: Optional[int] = None, block: int = BLOCK,
              keep_logits: bool = False) -> Generation:
     """Up to max_new_tokens ids after `prompt` (the same on every rank of the TSP group), ending
     at the first of `stop_ids` (kept, as transformers keeps its eos) or when `stop(tokens)`

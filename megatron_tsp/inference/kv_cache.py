@@ -18,6 +18,9 @@ import torch
 from megatron_tsp.layout import local_chunks
 from megatron_tsp.models.config import Qwen3Config
 
+BLOCK = 4
+"""Generated tokens cached together on one rank, by default."""
+
 
 def padded_length(tokens: int, tsp_size: int) -> int:
     """The prompt length prefill runs at: the next multiple of 2D (the zigzag's chunks)."""
@@ -45,7 +48,8 @@ def decode_placement(counts: List[int], new_tokens: int, block: int) -> List[int
     return owners
 
 
-def cached_tokens(prompt_tokens: int, new_tokens: int, tsp_size: int, block: int) -> List[int]:
+def cached_tokens(prompt_tokens: int, new_tokens: int, tsp_size: int,
+                  block: int = BLOCK) -> List[int]:
     """Tokens each rank's cache holds once `new_tokens` generated tokens are cached."""
     counts = prompt_counts(prompt_tokens, tsp_size)
     owners = decode_placement(counts, new_tokens, block)
