@@ -39,7 +39,7 @@ def _every_size(checkpoints, prompts):
     from megatron_tsp import parallel_state as ps
     from megatron_tsp.checkpoint import checkpoint_dir, load_model_weights
     from megatron_tsp.conversion.convert import checkpoint_args, checkpoint_dtype
-    from megatron_tsp.inference.generate import generate
+    from megatron_tsp.inference.generate import Sampling, generate
     from megatron_tsp.models.qwen3 import TSPQwen3Model
     from megatron_tsp.training.arguments import qwen3_config_from_args
     results = {}
@@ -54,6 +54,12 @@ def _every_size(checkpoints, prompts):
                 results[(name, tsp_size)] = [
                     generate(model, prompt, MAX_NEW, block=BLOCK, keep_logits=True)
                     for prompt in prompts[name]]
+                greedy = results[(name, tsp_size)][-1].tokens
+                results[(name, tsp_size, "stop")] = generate(
+                    model, prompts[name][-1], MAX_NEW, stop_ids=[greedy[3]]).tokens
+                results[(name, tsp_size, "sampled")] = generate(
+                    model, prompts[name][-1], MAX_NEW, Sampling(0.8, 20, 0.9, seed=7),
+                    vocab_limit=100).tokens
         finally:
             ps.destroy_tsp()
     return results
@@ -94,6 +100,31 @@ def test_greedy_tokens_and_logits_equal_transformers(runs, name):
                 assert result.tokens == tokens, where
                 error = (torch.stack(result.step_logits) - logits).abs().max().item()
                 assert error <= 1e-4, (where, error)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_stop_token_and_sampling(runs, name):
+    """Generation ends at a stop id (kept, as transformers keeps its eos); sampling draws the
+    same tokens on every rank of a group, and only below the vocabulary limit."""
+    _, ranks = runs
+    for tsp_size in (1, 2, 4):
+        greedy = ranks[0][(name, tsp_size)][-1].tokens
+        assert ranks[0][(name, tsp_size, "stop")] == greedy[:greedy.index(greedy[3]) + 1]
+        sampled = [ranks[r][(name, tsp_size, "sampled")] for r in range(tsp_size)]
+        assert all(s == sampled[0] for s in sampled), (tsp_size, sampled)
+        assert len(sampled[0]) == MAX_NEW and max(sampled[0]) < 100, sampled[0]
+
+
+def test_sample_restricts_to_top_k_and_top_p():
+    from megatron_tsp.inference.generate import Sampling, sample
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, -1.0]]).log_softmax(-1).repeat(2000, 1)
+    generator = torch.Generator().manual_seed(0)
+    assert sample(logits, Sampling(), None).eq(1).all()
+    assert sample(logits, Sampling(1.0, top_k=1), generator).eq(1).all()
+    assert set(sample(logits, Sampling(1.0, top_k=2), generator).tolist()) == {1, 2}
+    # probabilities ~ (.03, .64, .24, .09, .01): the best two reach 0.8
+    assert set(sample(logits, Sampling(1.0, top_p=0.8), generator).tolist()) == {1, 2}
+    assert set(sample(logits, Sampling(1.0), generator).tolist()) == {0, 1, 2, 3, 4}
 
 
 def _config(hf):
