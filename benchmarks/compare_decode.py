@@ -1,7 +1,7 @@
 """TSP generation against tensor-parallel generation of the same model, side by side.
 
     python -m benchmarks.compare_decode --model-size tiny --group-size 2 --prompt-length 1024 \\
-        --new-tokens 32 [--repeats 3] [--emulate-link 200[,LATENCY_MS]]
+        --new-tokens 32 [--repeats 3] [--fabric h100-node | --emulate-link 200[,LATENCY_MS]]
 
 Both schemes run greedy generation of the same random model (init_weights(seed)) on D gloo
 ranks: tsp is megatron_tsp/inference (prefill by the training forward, sequence-sharded KV
@@ -10,8 +10,9 @@ layout on the same shards (benchmarks/tp_decode.py: the prompt whole on every ra
 split). Reports per scheme the median time to first token and decode tokens/s over --repeats
 interleaved launches, the KV cache per rank and the bytes per rank per prefill and per generated
 token from the transfer counters, next to the planner's (megatron_tsp/planner_inference.py),
-and whether both generated the same tokens. --emulate-link shapes the links between the ranks
-(root: network namespaces + tc, benchmarks/netns.py).
+and whether both generated the same tokens. --emulate-link shapes the links between the ranks,
+--fabric as benchmarks/compare_parallelism.py does (root: network namespaces + tc,
+benchmarks/netns.py).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from typing import List, Optional
 
 import torch
 
+from benchmarks.compare_parallelism import FABRICS, fabric_link
 from benchmarks.launch import run_ranks
 from benchmarks.netns import EmulatedLink, EmulatedNetwork
 from megatron_tsp.models.config import PRESETS, Qwen3Config, qwen3_preset
@@ -72,11 +74,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--emulate-link", metavar="BANDWIDTH_MBIT[,LATENCY_MS]")
+    p.add_argument("--fabric", choices=sorted(FABRICS),
+                   help="an emulated link with a real fabric's FLOP per byte for this machine")
     p.add_argument("--output", help="write the results as JSON here")
     args = p.parse_args(argv)
     for flag in ("group_size", "prompt_length", "new_tokens", "repeats"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.fabric and args.emulate_link:
+        raise ValueError("--fabric and --emulate-link both set the link; give one")
     return args
 
 
@@ -127,10 +133,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if cfg.num_query_groups % args.group_size:
         raise ValueError(f"--group-size {args.group_size}: the tp reference needs kv groups "
                          f"({cfg.num_query_groups}) a multiple of it")
-    if args.emulate_link:
-        with EmulatedNetwork(EmulatedLink.parse(args.emulate_link), args.group_size) as network:
+    link = EmulatedLink.parse(args.emulate_link) if args.emulate_link else None
+    if args.fabric:
+        link = fabric_link(args.fabric, args.group_size)
+    if link:
+        with EmulatedNetwork(link, args.group_size) as network:
             results = run(args, cfg, network)
-        results["network"] = args.emulate_link
+        results["network"] = f"{link.bandwidth_mbit} Mbit/s" + (f", {args.fabric}"
+                                                                 if args.fabric else "")
     else:
         results = run(args, cfg, None)
         results["network"] = "loopback"
