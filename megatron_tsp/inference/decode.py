@@ -26,8 +26,8 @@ from megatron_tsp import comm
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.inference.kv_cache import KVCache
 from megatron_tsp.layers.mlp import swiglu_mlp
-from megatron_tsp.layers.rotary import apply_rotary, rotary_cos_sin
 from megatron_tsp.layers.norm import rms_norm
+from megatron_tsp.layers.rotary import apply_rotary, rotary_cos_sin
 from megatron_tsp.layers.vocab import _masked_logits, _rows_in_shard
 
 
