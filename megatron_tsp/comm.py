@@ -7,6 +7,7 @@ Byte accounting (per rank, payload only, so formulas stay algorithm-independent)
   reduce of N bytes to owner  every other rank sent N; owner received N x (D-1)
   all-reduce of N bytes       sent and received 2N(D-1)/D each (ring)
   point-to-point of N bytes   sender sent N; receiver received N
+  all-to-all of N per rank    sent and received N (D-1) / D each (its own block stays)
 """
 
 import time
@@ -107,6 +108,20 @@ def all_reduce_sum(tensor: torch.Tensor, kind: str, group=None) -> torch.Tensor:
         with exposed(kind):
             dist.all_reduce(tensor, group=group)
     return tensor
+
+
+def all_to_all(tensor: torch.Tensor, kind: str) -> torch.Tensor:
+    """Block r of dim 0 (D equal blocks) goes to rank r; the result's block r came from rank
+    r. Over the TSP group."""
+    D = ps.get_tsp_world_size()
+    if D == 1:
+        return tensor
+    moved = _nbytes(tensor) * (D - 1) // D
+    count_bytes(kind, sent=moved, received=moved)
+    out = torch.empty_like(tensor)
+    with exposed(kind):
+        dist.all_to_all_single(out, tensor.contiguous(), group=ps.get_tsp_group())
+    return out
 
 
 def all_gather_async(local: torch.Tensor, kind: str, group=None):

@@ -5,7 +5,7 @@ causal attention work is balanced. Local tensors keep the chunks in that order: 
 [0, c) are global chunk p, local tokens [c, 2c) are global chunk 2D-1-p.
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -106,3 +106,44 @@ def gather_to_full(local: torch.Tensor, dim: int, kind: str = LAYOUT_GATHER,
         return local
     gathered = gather_along_sequence(local.movedim(dim, 0), kind, group)
     return rank_order_to_sequence(gathered, D).movedim(0, dim)
+
+
+# Generation's KV cache (inference/kv_cache.py): the prompt's tokens stay where the zigzag cut put
+# them, generated tokens go in blocks to the rank holding the fewest
+
+BLOCK = 4
+"""Generated tokens cached together on one rank, by default."""
+
+
+def padded_length(tokens: int, tsp_size: int) -> int:
+    """The prompt length prefill runs at: the next multiple of 2D (the zigzag's chunks)."""
+    unit = 2 * tsp_size
+    return -(-tokens // unit) * unit
+
+
+def prompt_counts(tokens: int, tsp_size: int) -> List[int]:
+    """Real (not padding) prompt tokens each rank holds after the zigzag cut."""
+    c = padded_length(tokens, tsp_size) // (2 * tsp_size)
+    return [sum(min(max(tokens - k * c, 0), c) for k in local_chunks(r, tsp_size))
+            for r in range(tsp_size)]
+
+
+def decode_placement(counts: List[int], new_tokens: int, block: int) -> List[int]:
+    """The rank that caches each of `new_tokens` generated tokens, from the ranks' prompt
+    token counts."""
+    assert block >= 1
+    counts, owners = list(counts), []
+    while len(owners) < new_tokens:
+        rank = min(range(len(counts)), key=lambda r: (counts[r], r))
+        size = min(block, new_tokens - len(owners))
+        owners += [rank] * size
+        counts[rank] += size
+    return owners
+
+
+def cached_tokens(prompt_tokens: int, new_tokens: int, tsp_size: int,
+                  block: int = BLOCK) -> List[int]:
+    """Tokens each rank's cache holds once `new_tokens` generated tokens are cached."""
+    counts = prompt_counts(prompt_tokens, tsp_size)
+    owners = decode_placement(counts, new_tokens, block)
+    return [n + owners.count(r) for r, n in enumerate(counts)]

@@ -11,6 +11,15 @@ VOCAB_WEIGHTS = "vocab_weights"  # vocabulary table shards around the ring
 LOSS = "loss"  # the loss sums and token counts, all-reduced
 REPLICATED_GRADS = "replicated_grads"  # the gradient sum of the replicated norms
 LAYOUT_GATHER = "layout_gather"  # a zigzag sequence rebuilt in full
+# generation (megatron_tsp.inference)
+PREFILL_KV_WEIGHTS = "prefill_kv_weights"  # each owner's k/v weight rows, once per prefill
+PREFILL_HIDDEN = "prefill_hidden"  # the last prompt token's hidden state, broadcast
+DECODE_EMBEDDING = "decode_embedding"  # the new token's embedding, summed over the table shards
+DECODE_LOGITS = "decode_logits"  # the new token's logits, gathered
+DECODE_QKV = "decode_qkv"  # the new token's q/k/v, gathered
+DECODE_ATTN_MERGE = "decode_attn_merge"  # partial attention outputs and log-sum-exps, all-to-all
+DECODE_ATTN_OUT = "decode_attn_out"  # the output projection's partial sums, all-reduced
+DECODE_MLP_OUT = "decode_mlp_out"  # the MLP's partial sums, all-reduced
 # Megatron's layouts that TSP is compared with (benchmarks' counters, the planner)
 TP_ALL_REDUCE = "tp_all_reduce"
 SP_ALL_GATHER = "sp_all_gather"

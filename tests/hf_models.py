@@ -12,7 +12,11 @@ HF_SHAPE = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attenti
 def hf_model(tie: bool) -> transformers.Qwen3ForCausalLM:
     cfg = transformers.Qwen3Config(**HF_SHAPE, rope_theta=1e6, tie_word_embeddings=tie)
     torch.manual_seed(0)
-    model = transformers.Qwen3ForCausalLM(cfg).eval()
+    return randomize(transformers.Qwen3ForCausalLM(cfg).eval())
+
+
+def randomize(model: transformers.Qwen3ForCausalLM) -> transformers.Qwen3ForCausalLM:
+    """The model with every tensor drawn from torch's global generator."""
     # HF initialises norms to ones, which would hide a swapped norm: randomise every tensor,
     # scaled so the logits are O(1)
     with torch.no_grad():

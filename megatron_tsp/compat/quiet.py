@@ -31,6 +31,19 @@ _NOT_THE_USERS_CONCERN = (
     # accelerator there is nothing to pin for and torch rightly skips it
     (r"'pin_memory' argument is set as true but no accelerator is found", UserWarning,
      r"torch\.utils\.data\.dataloader\Z"),
+    # generate_qwen3.py reads the checkpoint's metadata before any process group exists, in one
+    # process by intent, so as to refuse a bad launch before any work
+    (r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to "
+     r"load in a single process", UserWarning, r"torch\.distributed\.checkpoint\.utils\Z"),
+    # Megatron's dist_checkpointing loads through torch's ShardedTensor API and its old argument
+    # order; the checkpoint is read correctly
+    (r"Please use DTensor instead and we are deprecating ShardedTensor", FutureWarning,
+     r"torch\.distributed\.checkpoint\.(planner_helpers|default_planner)\Z"),
+    (r"The argument order of load has been changed", UserWarning,
+     r"torch\.distributed\.checkpoint\.logger\Z"),
+    # TransformerConfig's default CUDA graph scope, which no TSP run uses
+    (r"full scope is deprecated", UserWarning,
+     r"megatron\.core\.transformer\.transformer_config\Z"),
 )
 # theoretical_memory_usage.py report_theoretical_memory prints the name of the function it
 # calls before its report, a leftover that lands on its own line or in another rank's

@@ -19,7 +19,8 @@ from megatron_tsp.layers.linear import ShardedWeight
 from megatron_tsp.transfer_kinds import LOSS, VOCAB_WEIGHTS
 
 
-def _rows_in_shard(ids: torch.Tensor, shard: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def rows_in_shard(ids: torch.Tensor, shard: int, rows: int
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Which ids fall in a shard, and their row within it (clamped into the shard where the id
     lies elsewhere). Masks rather than boolean indexing: no shape depends on the data, so the
     device never waits for the host."""
@@ -33,7 +34,7 @@ class _EmbeddingRing(torch.autograd.Function):
         ctx.save_for_backward(ids, table)
         out = torch.zeros(ids.shape + (table.shape[1],), dtype=table.dtype, device=table.device)
         for visit in ShardRing([table], VOCAB_WEIGHTS):
-            hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
+            hit, row = rows_in_shard(ids, visit.index, table.shape[0])
             out = torch.where(hit.unsqueeze(-1), visit.tensors[0][row], out)
         return out
 
@@ -42,7 +43,7 @@ class _EmbeddingRing(torch.autograd.Function):
         ids, table = ctx.saved_tensors
         ring = ShardRing([table], VOCAB_WEIGHTS, accumulate=True)
         for visit in ring:
-            hit, row = _rows_in_shard(ids, visit.index, table.shape[0])
+            hit, row = rows_in_shard(ids, visit.index, table.shape[0])
             grad = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
             hits = torch.where(hit.unsqueeze(-1), grad_out, 0).float()
             grad.index_add_(0, row.reshape(-1), hits.reshape(-1, table.shape[1]))
@@ -63,7 +64,7 @@ class TSPEmbedding(nn.Module):
         return _EmbeddingRing.apply(input_ids.t().contiguous(), self.word_embeddings.weight)
 
 
-def _masked_logits(x2d, shard, index, vocab_size):
+def masked_logits(x2d, shard, index, vocab_size):
     logits = (x2d @ shard.t()).float()
     first = index * shard.shape[0]
     if first + shard.shape[0] > vocab_size:
@@ -80,8 +81,8 @@ class _VocabCrossEntropy(torch.autograd.Function):
         sum_exp = torch.zeros(n, device=x.device)
         target = torch.zeros(n, device=x.device)
         for visit in ShardRing([table], VOCAB_WEIGHTS):
-            logits = _masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
-            hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
+            logits = masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
+            hit, row = rows_in_shard(labels1d, visit.index, table.shape[0])
             target = torch.where(hit, logits.gather(1, row.unsqueeze(1)).squeeze(1), target)
             new_max = torch.maximum(running_max, logits.max(dim=-1).values)
             # in place: the [n, Vd] fp32 logits are the only tensor of that size
@@ -106,9 +107,9 @@ class _VocabCrossEntropy(torch.autograd.Function):
             shard = visit.tensors[0]
             # the logits exactly as forward computed them (in the weights' dtype): log_z was
             # taken over those, and a confident token's 1 - p is lost in any other rounding
-            probs = _masked_logits(x2d, shard, visit.index, ctx.vocab_size)
+            probs = masked_logits(x2d, shard, visit.index, ctx.vocab_size)
             probs = probs.sub_(log_z.unsqueeze(1)).exp_()  # in place: [n, Vd] fp32 is the peak
-            hit, row = _rows_in_shard(labels1d, visit.index, table.shape[0])
+            hit, row = rows_in_shard(labels1d, visit.index, table.shape[0])
             probs.scatter_add_(1, row.unsqueeze(1), -hit.float().unsqueeze(1))
             probs *= grad_loss
             visit.accumulate([probs.t() @ x2d_fp32])
@@ -130,7 +131,7 @@ def vocab_logits(hidden: torch.Tensor, table: torch.Tensor, vocab_size: int) -> 
     blocks = [None] * ps.get_tsp_world_size()
     x2d = hidden.reshape(-1, hidden.shape[-1])
     for visit in ShardRing([table], VOCAB_WEIGHTS):
-        blocks[visit.index] = _masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
+        blocks[visit.index] = masked_logits(x2d, visit.tensors[0], visit.index, vocab_size)
     return torch.cat(blocks, dim=-1).view(hidden.shape[:-1] + (-1,))
 
 

@@ -28,6 +28,7 @@ from megatron_tsp.config import Qwen3Config, qwen3_preset
 from megatron_tsp.config_adapters import UNTIE_FLAG
 from megatron_tsp.planner.transfers import RECOMPUTE, Layout, transfer_bytes
 from megatron_tsp.planner.flops import hardware_flops_per_token
+from megatron_tsp.planner.inference import generation_line
 from megatron_tsp.planner.memory import MemoryEstimate, memory_bytes
 from megatron_tsp.size_rules import (
     LAUNCHER, SIZE_FIELDS, Flags, flag_of, megatron_problem, positions_problem, refuse,
@@ -205,4 +206,6 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
                                f"{1e3 * best.compute_s_per_sequence:.1f} ms of compute per "
                                f"sequence)" if best else "nothing fits; add GPUs or shorten the "
                                "sequence"))
+    if unsupported(Layout("tsp", tp=args.gpus), cfg, 2 * args.gpus) is None:
+        print(generation_line(cfg, args.seq_length, args.gpus, DTYPE_BYTES[args.dtype]))
     return rows

@@ -156,7 +156,7 @@ def _reject_unsupported_flags(args) -> None:
     layer_recomputes(args, 1, args.tsp_recompute_activations)  # raises for what TSP cannot do
 
 
-def _whole_checkpoint_args(args):
+def whole_checkpoint_args(args):
     """The Megatron args of the --load checkpoint, after its shard files are checked; None
     without a checkpoint."""
     from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args, has_checkpoint
@@ -186,7 +186,7 @@ def _shape_source(args, saved, config: Optional[Qwen3Config]) -> Dict[str, objec
     return megatron_shape(config or qwen3_preset(args.model_size))
 
 
-def _apply_shape(args, explicit: Set[str], saved, config: Optional[Qwen3Config]) -> None:
+def apply_shape(args, explicit: Set[str], saved, config: Optional[Qwen3Config]) -> None:
     shape = _shape_source(args, saved, config)
     for flag, dest in _CHECKPOINT_SHAPE.items():
         if flag not in explicit:
@@ -263,11 +263,11 @@ def _check_data_paths(args) -> None:
         check_split_documents(entry, sequences, args.split or _MEGATRON_DEFAULT_SPLIT)
 
 
-def _check_checkpoint(args, saved) -> None:
+def check_checkpoint_shape(args, saved) -> None:
     """A checkpoint to resume must be whole and have the shape the arguments describe (`saved`:
     its args when --use-checkpoint-args has read them already)."""
     if saved is None:
-        saved = _whole_checkpoint_args(args)
+        saved = whole_checkpoint_args(args)
     if saved is None:
         return
     for flag, (dest, _) in SHAPE_FLAGS.items():
@@ -301,8 +301,8 @@ def prepare_args(args, argv: Iterable[str], config: Optional[Qwen3Config] = None
     _reject_unsupported_flags(args)
     check_load(args)
     # read first only when the shape comes from it: other flag errors are reported before it
-    saved = _whole_checkpoint_args(args) if args.use_checkpoint_args else None
-    _apply_shape(args, explicit, saved, config)
+    saved = whole_checkpoint_args(args) if args.use_checkpoint_args else None
+    apply_shape(args, explicit, saved, config)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     # the vocabulary is the tokenizer's when no flag gives it: no size rule concerns it
     refuse(tsp_problem(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
@@ -331,4 +331,4 @@ def prepare_args(args, argv: Iterable[str], config: Optional[Qwen3Config] = None
     # TSP attention is causal by construction: Megatron's dataset would build an S x S mask per
     # sample, move it to the device and broadcast it to every TSP rank, for nothing
     args.create_attention_mask_in_dataloader = False
-    _check_checkpoint(args, saved)
+    check_checkpoint_shape(args, saved)
