@@ -192,11 +192,12 @@ def _finish_step(kept: _Kept, q, gather: SequenceGather, recompute: Recompute):
 
 class _BackwardStep:
     """One step's backward in two halves, so that its dK/dV reduce-scatter travels while the
-    next step's attention core runs backward."""
+    step's query path and the next step's attention core run backward."""
 
     def __init__(self, kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape):
-        """The first half: recompute what was not kept, the core's backward, dK/dV posted."""
-        self.x, self.w_qkv = x, w_qkv
+        """The first half: recompute what was not kept, the core's backward, dK/dV posted,
+        then the query path down to x (which needs no dK/dV)."""
+        self.x2, self.shape = x.flatten(0, 1), shape
         regather = kept.out is None
         if kept.norm_leaves is None:
             _, gather, _ = _project_and_gather(kept, x, w_qkv, norms, cos, sin, shape, True,
@@ -212,25 +213,34 @@ class _BackwardStep:
             with torch.enable_grad():
                 out = zigzag_causal_attention(*core_leaves)
         self.grad_w_proj = grad_y2.t() @ out.detach().flatten(0, 1)
-        self.grad_q, grad_kv_full = torch.autograd.grad(out, core_leaves, grad_out.view_as(out))
+        grad_q, grad_kv_full = torch.autograd.grad(out, core_leaves, grad_out.view_as(out))
         self.scatter = SequenceReduceScatter(grad_kv_full, grad_kind(ATTN_KV),
                                              ps.get_tsp_kv_group())
+        del grad_kv_full, out, core_leaves
+        self.w_q, self.w_kv = _split_qkv(w_qkv, shape)
+        grad_q_raw, self.grad_q_norm = torch.autograd.grad(
+            self.normed[0], [self.leaves[0], self.leaves[2]], grad_q)
+        self.grad_q_raw2 = grad_q_raw.flatten(2).flatten(0, 1)
+        self.grad_x = (self.grad_q_raw2 @ self.w_q).view_as(x)
 
     def finish(self):
-        """The second half, once dK/dV are home: through the norms and RoPE to the qkv GEMM.
-        -> grad x, w_qkv, w_proj, q_norm, k_norm."""
-        grads = torch.autograd.grad(self.normed, self.leaves, [self.grad_q, self.scatter.wait()])
-        grad_q_raw, grad_kv_raw, grad_q_norm, grad_k_norm = grads
-        grad_qkv2 = torch.cat([grad_q_raw, grad_kv_raw], dim=3).flatten(2).flatten(0, 1)
-        grad_x = (grad_qkv2 @ self.w_qkv).view_as(self.x)
-        return (grad_x, grad_qkv2.t() @ self.x.flatten(0, 1), self.grad_w_proj, grad_q_norm,
+        """The second half, once dK/dV are home: the key/value path down to x; the weight
+        gradient in linear_qkv's interleaved layout. -> grad x, w_qkv, w_proj, q_norm, k_norm."""
+        grad_kv_raw, grad_k_norm = torch.autograd.grad(
+            self.normed[1], [self.leaves[1], self.leaves[3]], self.scatter.wait())
+        grad_kv_raw2 = grad_kv_raw.flatten(2).flatten(0, 1)
+        self.grad_x += (grad_kv_raw2 @ self.w_kv).view_as(self.grad_x)
+        gs, hd, h = self.shape.groups_per_step, self.shape.head_dim, self.x2.shape[1]
+        grad_w_qkv = torch.cat([(self.grad_q_raw2.t() @ self.x2).view(gs, -1, hd, h),
+                                (grad_kv_raw2.t() @ self.x2).view(gs, 2, hd, h)], dim=1)
+        return (self.grad_x, grad_w_qkv.view(-1, h), self.grad_w_proj, self.grad_q_norm,
                 grad_k_norm)
 
 
 class _AttentionSchedule(torch.autograd.Function):
     """Steps are software-pipelined: step j+1's keys/values are gathered while step j's
-    attention runs, and in backward step j's dK/dV are reduce-scattered while step j+1's core
-    runs backward."""
+    attention runs, and in backward step j's dK/dV are reduce-scattered while step j's query
+    path and step j+1's core run backward."""
 
     @staticmethod
     def forward(ctx, x, w_qkv, w_proj, q_norm, k_norm, cos, sin, shape, recompute):
