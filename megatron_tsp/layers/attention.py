@@ -16,9 +16,9 @@ attention run. With G >= D kv groups there are D steps, one shard each; with G <
 steps and a group's rows are spread over D/G owners, broadcast and concatenated (Megatron's row
 split of the interleaved linear_qkv is kept either way). Backward re-broadcasts each step's
 weights, recomputes what the step did not keep (layers/recompute.py; never the output
-projection), runs the core's backward, posts the dK/dV reduce-scatter to the token owners and
-finishes the previous step (through the norms to the qkv GEMM) while it travels; each step's
-weight-gradient partials are reduced onto the owners.
+projection), runs the core's backward, posts the dK/dV reduce-scatter to the token owners and,
+while it travels, runs the step's query path down to x and the next step's core backward before
+it finishes the key/value path; each step's weight-gradient partials are reduced onto the owners.
 """
 
 from dataclasses import dataclass
