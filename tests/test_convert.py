@@ -30,14 +30,15 @@ SEQ, BATCH = 32, 2
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
 def hf_and_checkpoint(request, tmp_path_factory):
-    """A saved random HF Qwen3 (sharded) and its import as an fp32 torch_dist checkpoint."""
+    """A saved random fp32 HF Qwen3 (sharded), its import with no --dtype (an fp32 torch_dist
+    checkpoint, the source's dtype), and what the import printed."""
     root = tmp_path_factory.mktemp("tied" if request.param else "untied")
     model = hf_model(request.param)
     model.save_pretrained(root / "hf", max_shard_size="200KB")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (root / "hf" / name).write_bytes((TOKENIZER / name).read_bytes())
-    convert("import-hf", "--hf-path", root / "hf", "--save", root / "ckpt", "--dtype", "fp32")
-    return model, root
+    imported = convert("import-hf", "--hf-path", root / "hf", "--save", root / "ckpt")
+    return model, root, imported.stdout
 
 
 def _assert_exported(directory: Path, model) -> None:
@@ -57,12 +58,14 @@ def _lines(output: str, start: str) -> list:
 
 
 def test_import_then_export_is_bit_identical(hf_and_checkpoint):
-    model, root = hf_and_checkpoint
-    result = convert("export-hf", "--load", root / "ckpt", "--hf-path", root / "out", "--dtype",
-                     "fp32", "--verify")
+    """No --dtype either way: fp32 in, fp32 out, bit for bit."""
+    model, root, imported = hf_and_checkpoint
+    result = convert("export-hf", "--load", root / "ckpt", "--hf-path", root / "out", "--verify")
     line = next(l for l in result.stdout.splitlines() if l.startswith("verify:"))
     assert float(line.rsplit(" ", 1)[1]) < 1e-4, line
     _assert_exported(root / "out", model)
+    _assert_dtype_kept(imported, result.stdout, root, "fp32", "float32",
+                       untied=not model.config.tie_word_embeddings)
     assert (root / "out" / "tokenizer.json").is_file()
     from transformers import AutoModelForCausalLM
     reloaded = AutoModelForCausalLM.from_pretrained(root / "out", dtype=torch.float32)
@@ -70,23 +73,29 @@ def test_import_then_export_is_bit_identical(hf_and_checkpoint):
     assert reloaded.config.tie_word_embeddings == model.config.tie_word_embeddings
 
 
-@pytest.mark.parametrize("dtype, hf_name", [("fp32", "float32"), ("bf16", "bfloat16")])
-def test_without_dtype_the_round_trip_keeps_the_source_dtype(tmp_path, dtype, hf_name):
-    model = hf_model(tie=False).to(DTYPES[dtype])
+def _assert_dtype_kept(imported: str, exported: str, root: Path, dtype: str, hf_name: str,
+                       untied: bool) -> None:
+    """Both directions said they kept the source's dtype, and the export's config.json says it."""
+    assert _lines(imported, "importing") == [
+        f"importing {root / 'hf'} (Qwen3, 2 layers, hidden 64) at --tsp-size 1 as {dtype} "
+        "(the source's dtype)"]
+    assert _lines(exported, "exporting") == [
+        f"exporting {root / 'ckpt'} as {dtype} (the checkpoint's dtype)"]
+    assert json.loads((root / "out" / "config.json").read_text())["dtype"] == hf_name
+    if untied:  # the progress counts reach their totals: 2 layers of 8 tensors (Megatron) or
+        # 11 (HF), plus the embedding, final norm and output layer
+        assert re.findall(r"^  \[(\d+/\d+)\] ", imported, re.M)[-1] == "19/19"
+        assert re.findall(r"^  \[(\d+/\d+)\] ", exported, re.M)[-1] == "25/25"
+
+
+def test_without_dtype_a_bf16_round_trip_stays_bf16(tmp_path):
+    model = hf_model(tie=False).to(DTYPES["bf16"])
     model.save_pretrained(tmp_path / "hf")
     imported = convert("import-hf", "--hf-path", tmp_path / "hf", "--save", tmp_path / "ckpt")
     exported = convert("export-hf", "--load", tmp_path / "ckpt", "--hf-path", tmp_path / "out")
-    assert _lines(imported.stdout, "importing") == [
-        f"importing {tmp_path / 'hf'} (Qwen3, 2 layers, hidden 64) at --tsp-size 1 as {dtype} "
-        "(the source's dtype)"]
-    assert _lines(exported.stdout, "exporting") == [
-        f"exporting {tmp_path / 'ckpt'} as {dtype} (the checkpoint's dtype)"]
     _assert_exported(tmp_path / "out", model)
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == hf_name
-    # the progress counts reach their totals: 2 layers of 8 tensors (Megatron) or 11 (HF), plus
-    # the embedding, final norm and output layer
-    assert re.findall(r"^  \[(\d+/\d+)\] ", imported.stdout, re.M)[-1] == "19/19"
-    assert re.findall(r"^  \[(\d+/\d+)\] ", exported.stdout, re.M)[-1] == "25/25"
+    _assert_dtype_kept(imported.stdout, exported.stdout, tmp_path, "bf16", "bfloat16",
+                       untied=True)
 
 
 def test_a_source_whose_config_and_tensors_disagree_needs_dtype(tmp_path, capsys):
@@ -126,7 +135,7 @@ def _loss_from_checkpoint(tsp_size, checkpoint, tokens, labels):
 
 
 def test_imported_checkpoint_gives_transformers_loss_at_every_tsp_size(hf_and_checkpoint):
-    model, root = hf_and_checkpoint
+    model, root, _ = hf_and_checkpoint
     if model.config.tie_word_embeddings:
         pytest.skip("the untied model covers this; tied vs untied is covered by the round trip")
     vocab = model.config.vocab_size
@@ -164,14 +173,14 @@ def _damaged_copy(source: Path, target: Path, damage: str) -> Path:
 @pytest.mark.parametrize("damage", ["truncate", "remove"])
 def test_a_damaged_shard_is_named_before_anything_is_read(hf_and_checkpoint, tmp_path, damage):
     from megatron_tsp.conversion.hf_io import HFCheckpointReader
-    _, root = hf_and_checkpoint
+    _, root, _ = hf_and_checkpoint
     shard = _damaged_copy(root / "hf", tmp_path / "hf", damage)
     with pytest.raises(ValueError, match=shard.name):
         HFCheckpointReader(str(tmp_path / "hf"))
 
 
 def test_the_cli_reports_a_truncated_shard_and_writes_nothing(hf_and_checkpoint, tmp_path):
-    model, root = hf_and_checkpoint
+    model, root, _ = hf_and_checkpoint
     if model.config.tie_word_embeddings:
         pytest.skip("one CLI run is enough; the reader test covers both models")
     shard = _damaged_copy(root / "hf", tmp_path / "hf", "truncate")
@@ -184,7 +193,7 @@ def test_the_cli_reports_a_truncated_shard_and_writes_nothing(hf_and_checkpoint,
 def test_loading_a_checkpoint_of_another_shape_names_both_values(hf_and_checkpoint,
                                                                  monkeypatch):
     from megatron_tsp.training.arguments import parse_tsp_args, prepare_args
-    _, root = hf_and_checkpoint
+    _, root, _ = hf_and_checkpoint
     monkeypatch.setenv("WORLD_SIZE", "1")
     argv = ["--mock-data", "--num-layers", "3", "--hidden-size", "64", "--num-attention-heads",
             "4", "--num-query-groups", "2", "--kv-channels", "32", "--ffn-hidden-size", "128",
@@ -217,7 +226,7 @@ def _files(directory: Path) -> dict:
 
 def test_a_non_empty_target_is_refused_before_any_work(hf_and_checkpoint, tmp_path,
                                                        capsys):
-    model, root = hf_and_checkpoint
+    model, root, _ = hf_and_checkpoint
     if model.config.tie_word_embeddings:
         pytest.skip("the refusal does not depend on the model")
     run, stale = _training_run(tmp_path / "run"), _stale_hf(tmp_path / "hf")
@@ -238,7 +247,7 @@ def test_a_non_empty_target_is_refused_before_any_work(hf_and_checkpoint, tmp_pa
 
 
 def test_overwrite_replaces_the_whole_directory(hf_and_checkpoint, tmp_path):
-    model, root = hf_and_checkpoint
+    model, root, _ = hf_and_checkpoint
     if model.config.tie_word_embeddings:
         pytest.skip("overwriting does not depend on the model")
     run, stale = _training_run(tmp_path / "run"), _stale_hf(tmp_path / "hf")
