@@ -13,7 +13,7 @@ as it is. The prompt is padded on the right to S; causal attention keeps the rea
 and only real tokens reach the cache.
 """
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,25 +27,38 @@ from megatron_tsp.layout import local_chunks, padded_length, scatter_to_local
 from megatron_tsp.transfer_kinds import PREFILL_HIDDEN, PREFILL_KV_WEIGHTS
 
 
-def kv_row_index(config, tsp_size: int) -> List[torch.Tensor]:
-    """For each owner, which rows of its linear_qkv shard are k or v rows (the full weight is
-    Megatron's per-group interleaved [q heads of the group; k; v] layout, split by rows)."""
+def kv_row_runs(config, tsp_size: int) -> List[List[Tuple[int, int]]]:
+    """For each owner, the runs [start, end) of its linear_qkv shard's rows that are k or v rows
+    (the full weight is Megatron's per-group interleaved [q heads of the group; k; v] layout,
+    split by rows). Host integers: the rows are taken by slicing, so no index tensor is built
+    or copied to the device."""
     hpg, hd = config.num_attention_heads // config.num_query_groups, config.kv_channels
-    role = torch.arange(hpg + 2).repeat_interleave(hd).repeat(config.num_query_groups)
-    return [rows.nonzero().flatten() for rows in (role >= hpg).view(tsp_size, -1)]
+    per_group = (hpg + 2) * hd
+    rows = config.num_query_groups * per_group // tsp_size
+    runs = []
+    for owner in range(tsp_size):
+        first, end = owner * rows, (owner + 1) * rows
+        group_runs = ((max(g * per_group + hpg * hd, first), min((g + 1) * per_group, end))
+                      for g in range(config.num_query_groups))
+        runs.append([(a - first, b - first) for a, b in group_runs if a < b])
+    return runs
 
 
-def _kv_weights(w_qkv: torch.Tensor, rows: List[torch.Tensor]) -> torch.Tensor:
+def _own_kv_rows(w_qkv: torch.Tensor, runs: List[Tuple[int, int]]) -> torch.Tensor:
+    return torch.cat([w_qkv[a:b] for a, b in runs]) if runs else w_qkv[:0]
+
+
+def _kv_weights(w_qkv: torch.Tensor, runs: List[List[Tuple[int, int]]]) -> torch.Tensor:
     """Every owner's k/v rows on every rank: [2·G·hd, h] in the full layout's order."""
-    D, p = len(rows), ps.get_tsp_rank()
+    D, p = len(runs), ps.get_tsp_rank()
     if D == 1:
-        return w_qkv[rows[0].to(w_qkv.device)]
+        return _own_kv_rows(w_qkv, runs[0])
     blocks, work = [], []
-    for owner, index in enumerate(rows):
+    for owner, owner_runs in enumerate(runs):
         if owner == p:
-            block = w_qkv[index.to(w_qkv.device)]
+            block = _own_kv_rows(w_qkv, owner_runs)
         else:
-            block = w_qkv.new_empty((len(index), w_qkv.shape[1]))
+            block = w_qkv.new_empty((sum(b - a for a, b in owner_runs), w_qkv.shape[1]))
         work.append(comm.broadcast_from(block, owner, PREFILL_KV_WEIGHTS))
         blocks.append(block)
     comm.wait_all(work, PREFILL_KV_WEIGHTS)
@@ -79,12 +92,12 @@ def prefill(model, prompt: torch.Tensor, cache: KVCache) -> torch.Tensor:
     S = padded_length(n, D)
     ids = F.pad(prompt, (0, S - n))  # any id will do: no real token attends to the padding
     positions = torch.arange(S, device=prompt.device).expand(b, S)
-    rows = kv_row_index(cfg, D)
+    runs = kv_row_runs(cfg, D)
     layer_of = {layer.self_attention: i for i, layer in enumerate(model.decoder.layers)}
 
     def cache_kv(attention, inputs):
         x, cos, sin = inputs  # [s, b, h], [s, b, 1, hd]
-        w_kv = _kv_weights(attention.linear_qkv.weight, rows)
+        w_kv = _kv_weights(attention.linear_qkv.weight, runs)
         kv = (x @ w_kv.t()).view(*x.shape[:2], cfg.num_query_groups, 2, cfg.kv_channels)
         k = apply_rotary(rms_norm(kv[:, :, :, 0], attention.k_layernorm.weight,
                                   cfg.norm_epsilon), cos, sin)
