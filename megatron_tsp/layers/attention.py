@@ -150,19 +150,17 @@ def _normed(kept: _Kept, part: int, raw, norm, cos, sin, shape, keep_graph: bool
     return kept.normed[part]
 
 
-def _project_and_gather(kept: _Kept, x, w_qkv, norms, cos, sin, shape, keep_graph: bool,
+def _project_and_gather(kept: _Kept, x, w_q, w_kv, norms, cos, sin, shape, keep_graph: bool,
                         gather: bool):
     """A step's keys/values projected and normalised first, their all-gather posted (if
     `gather`), then its queries, computed while the keys/values travel; the projections taken
-    from `kept.raw` when it holds them. -> q [s, b, hs, hd], the gather or None, and the
-    projections (q_raw, kv_raw)."""
+    from `kept.raw` when it holds them. w_q, w_kv: the step's rows (`_split_qkv`).
+    -> q [s, b, hs, hd], the gather or None, and the projections (q_raw, kv_raw)."""
     raw = kept.raw
-    if raw is None:
-        w_q, w_kv = _split_qkv(w_qkv, shape)
-    kv_raw = raw[1] if raw is not None else _project(x, w_kv, 2, shape)
+    kv_raw = raw[1] if raw else _project(x, w_kv, 2, shape)
     kv = _normed(kept, 1, kv_raw, norms[1], cos, sin, shape, keep_graph)
     in_flight = _gather_kv(kv) if gather else None
-    q_raw = raw[0] if raw is not None else _project(x, w_q, shape.heads_per_group, shape)
+    q_raw = raw[0] if raw else _project(x, w_q, shape.heads_per_group, shape)
     q = _normed(kept, 0, q_raw, norms[0], cos, sin, shape, keep_graph)
     return q, in_flight, (q_raw, kv_raw)
 
@@ -172,8 +170,8 @@ def _start_step(x, w_qkv, norms, cos, sin, shape, recompute: Recompute):
     -> (kept, q [s, b, hs, hd], the gather)."""
     kept = _Kept()
     keep_norms = not (recompute.qkv or recompute.norm_rope)
-    q, gather, raw = _project_and_gather(kept, x, w_qkv, norms, cos, sin, shape, keep_norms,
-                                         True)
+    q, gather, raw = _project_and_gather(kept, x, *_split_qkv(w_qkv, shape), norms, cos, sin,
+                                         shape, keep_norms, True)
     if not keep_norms and not recompute.qkv:
         kept.raw = raw
     return kept, q, gather
@@ -198,10 +196,11 @@ class _BackwardStep:
         """The first half: recompute what was not kept, the core's backward, dK/dV posted,
         then the query path down to x (which needs no dK/dV)."""
         self.x2, self.shape = x.flatten(0, 1), shape
+        self.w_q, self.w_kv = _split_qkv(w_qkv, shape)
         regather = kept.out is None
         if kept.norm_leaves is None:
-            _, gather, _ = _project_and_gather(kept, x, w_qkv, norms, cos, sin, shape, True,
-                                               regather)
+            _, gather, _ = _project_and_gather(kept, x, self.w_q, self.w_kv, norms, cos, sin,
+                                               shape, True, regather)
         else:
             gather = _gather_kv(kept.normed[1]) if regather else None
         self.leaves, self.normed = kept.norm_leaves, kept.normed
@@ -216,8 +215,9 @@ class _BackwardStep:
         grad_q, grad_kv_full = torch.autograd.grad(out, core_leaves, grad_out.view_as(out))
         self.scatter = SequenceReduceScatter(grad_kv_full, grad_kind(ATTN_KV),
                                              ps.get_tsp_kv_group())
+        # a recomputed core's graph and the full dK/dV (now copied for the reduce-scatter) are
+        # not needed by the query path: freed before it runs
         del grad_kv_full, out, core_leaves
-        self.w_q, self.w_kv = _split_qkv(w_qkv, shape)
         grad_q_raw, self.grad_q_norm = torch.autograd.grad(
             self.normed[0], [self.leaves[0], self.leaves[2]], grad_q)
         self.grad_q_raw2 = grad_q_raw.flatten(2).flatten(0, 1)
