@@ -105,6 +105,14 @@ def megatron_transient_bytes(cfg: Qwen3Config, S: int, b: int, t: int, sp: bool,
     return buffers + table + act + (act + act // t if sp else 0)
 
 
+def _tsp_mlp_bytes(cfg: Qwen3Config, s: int, e: int, recompute: Recompute) -> int:
+    """What a TSP MLP keeps on s local tokens: fc1's output and, with the activation kept,
+    silu(gate) and the product; nothing when fc1 is recomputed."""
+    if recompute.fc1:
+        return 0
+    return s * cfg.ffn_hidden_size * e * (2 if recompute.swiglu else 4)
+
+
 def tsp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
                     recompute: Recompute = NONE) -> int:
     """What one TSP layer keeps of attention and MLP (layers/attention.py, layers/mlp.py) on the
@@ -113,10 +121,8 @@ def tsp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     grouped qkv and an fp32 1/rms per q/k head; the rotated q and, where the norms or the core
     are recomputed (not both), the local k and v; with the core kept, its output twice (per
     chunk and concatenated), an fp32 log-sum-exp per head and each step's keys/values of the
-    whole sequence. MLP: fc1's output and, with the activation kept, silu(gate) and the
-    product."""
-    s, nh, G, hd, F = (S // D * b, cfg.num_attention_heads, cfg.num_query_groups,
-                       cfg.kv_channels, cfg.ffn_hidden_size)
+    whole sequence. MLP: `_tsp_mlp_bytes`."""
+    s, nh, G, hd = S // D * b, cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
     total = 0
     if not recompute.qkv:
         keep_norms, keep_core = not recompute.norm_rope, not recompute.core_attn
@@ -130,9 +136,7 @@ def tsp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
             per_token += 2 * nh * hd * e + nh * FP32
             total += S * b * 2 * G * hd * e
         total += s * per_token
-    if not recompute.fc1:
-        total += s * F * e * (2 if recompute.swiglu else 4)
-    return total
+    return total + _tsp_mlp_bytes(cfg, s, e, recompute)
 
 
 def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
@@ -177,10 +181,8 @@ def tsp_transient_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     q_step, kv_local = s * cfg.num_attention_heads // steps * hd * e, kv_step // D
     rebuilt = recompute.qkv or recompute.norm_rope or recompute.core_attn
     local = 8 * q_step + 5 * kv_local if rebuilt else 3 * q_step + kv_local
-    mlp_kept = 0 if recompute.fc1 else s * cfg.ffn_hidden_size * e * (2 if recompute.swiglu
-                                                                        else 4)
     attention_step = (kv_copies * kv_step + local + 4 * s * h * FP32
-                      - 2 * _tsp_norm_bytes(s, h, e) - mlp_kept)
+                      - 2 * _tsp_norm_bytes(s, h, e) - _tsp_mlp_bytes(cfg, s, e, recompute))
     return max(vocab, attention_step)
 
 
