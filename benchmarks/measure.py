@@ -42,12 +42,14 @@ def matmul_gflops(size: int = 512, repeats: int = 8) -> float:
 
 def _measured_step(run: SchemeRank, batch) -> Dict:
     comm.reset_transfer_counters()
+    comm.record_timeline()
     dist.barrier()
     start = _now()
     with PeakMemory() as memory:
         loss = run.step(batch, memory)
     return {"loss": loss, "time_s": _now() - start, "memory": memory.report.as_dict(),
-            "transfers": comm.transfer_counters(), "exposed_s": comm.exposed_communication()}
+            "transfers": comm.transfer_counters(), "exposed_s": comm.exposed_communication(),
+            "timeline": comm.take_timeline()}
 
 
 def measure_scheme(scheme: str, config: dict, group_size: int, seq_lengths: List[int],
@@ -69,6 +71,7 @@ def measure_scheme(scheme: str, config: dict, group_size: int, seq_lengths: List
                 "memory": steps[-1]["memory"],
                 "transfers": steps[-1]["transfers"],
                 "exposed_s": [s["exposed_s"] for s in steps],
+                "timelines": [s["timeline"] for s in steps],
                 **run.model_state_bytes(),
             })
         return {"rank": dist.get_rank(), "matmul_gflops": gflops, "lengths": per_length}

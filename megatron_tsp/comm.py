@@ -8,12 +8,16 @@ Byte accounting (per rank, payload only, so formulas stay algorithm-independent)
   all-reduce of N bytes       sent and received 2N(D-1)/D each (ring)
   point-to-point of N bytes   sender sent N; receiver received N
   all-to-all of N per rank    sent and received N (D-1) / D each (its own block stays)
+
+Waiting is timed by kind (`exposed_communication`). While a benchmark records a timeline
+(`record_timeline`), every post and every wait is also kept with its time, so that waiting can be
+split into waiting for a late rank and waiting for the wire (benchmarks/exposure.py).
 """
 
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -23,6 +27,52 @@ from megatron_tsp.transfer_kinds import REPLICATED_GRADS, grad_kind
 
 _counters: Dict[str, Dict[str, int]] = defaultdict(lambda: {"sent": 0, "received": 0})
 _exposed_s: Dict[str, float] = defaultdict(float)
+
+
+class Timeline:
+    """This rank's posts and waits since `record_timeline()`. A post is keyed (kind, n): the
+    n-th transfer of its kind, the same transfer on every rank since ranks post in the same
+    order. posts {key: perf_counter seconds}; waits [(kind, keys waited on, start, end)]."""
+
+    def __init__(self):
+        self.posts: Dict[Tuple[str, int], float] = {}
+        self.waits: List[Tuple[str, List[Tuple[str, int]], float, float]] = []
+        self._next: Dict[str, int] = defaultdict(int)
+
+    def post(self, kind: str, at: float) -> Tuple[str, int]:
+        key = (kind, self._next[kind])
+        self._next[kind] += 1
+        self.posts[key] = at
+        return key
+
+
+_timeline: Optional[Timeline] = None
+
+
+class Posted:
+    """An asynchronous transfer in flight: its works and, while a timeline records, its key."""
+
+    def __init__(self, works: Sequence, kind: str):
+        self.works = list(works)
+        self.key = _timeline.post(kind, time.perf_counter()) if _timeline else None
+
+    def wait(self) -> None:
+        for w in self.works:
+            w.wait()
+
+
+def record_timeline() -> None:
+    """Keep every post and wait from now on (a fresh timeline; called on every rank at once)."""
+    global _timeline
+    _timeline = Timeline()
+
+
+def take_timeline() -> Timeline:
+    """Stop recording; what was recorded since `record_timeline()`."""
+    global _timeline
+    taken, _timeline = _timeline, None
+    assert taken is not None, "no timeline is being recorded"
+    return taken
 
 
 def count_bytes(kind: str, sent: int = 0, received: int = 0) -> None:
@@ -36,8 +86,11 @@ def transfer_counters() -> Dict[str, Dict[str, int]]:
 
 
 def reset_transfer_counters() -> None:
+    """Zero the byte counters and the waiting times; stop recording a timeline."""
+    global _timeline
     _counters.clear()
     _exposed_s.clear()
+    _timeline = None
 
 
 def exposed_communication() -> Dict[str, float]:
@@ -49,20 +102,28 @@ def exposed_communication() -> Dict[str, float]:
 
 
 @contextmanager
-def exposed(kind: str):
+def exposed(kind: str, posted: Sequence[Posted] = ()):
+    """Time spent waiting on the `posted` transfers of `kind`, or (none given) on a blocking
+    collective run inside the block, which is posted as the wait starts."""
     start = time.perf_counter()
+    keys = [p.key for p in posted]
+    if not posted and _timeline:
+        keys = [_timeline.post(kind, start)]
     try:
         yield
     finally:
-        _exposed_s[kind] += time.perf_counter() - start
+        end = time.perf_counter()
+        _exposed_s[kind] += end - start
+        if _timeline:
+            _timeline.waits.append((kind, keys, start, end))
 
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def wait_all(handles: Sequence, kind: str) -> None:
-    with exposed(kind):
+def wait_all(handles: Sequence[Posted], kind: str) -> None:
+    with exposed(kind, handles):
         for h in handles:
             h.wait()
 
@@ -76,7 +137,8 @@ def broadcast_from(tensor: torch.Tensor, owner: int, kind: str):
     p = ps.get_tsp_rank()
     count_bytes(kind, sent=_nbytes(tensor) if p == owner else 0,
                 received=0 if p == owner else _nbytes(tensor))
-    return dist.broadcast(tensor, group_src=owner, group=ps.get_tsp_group(), async_op=True)
+    return Posted([dist.broadcast(tensor, group_src=owner, group=ps.get_tsp_group(),
+                                  async_op=True)], kind)
 
 
 def reduce_to_owner(tensor: torch.Tensor, owner: int, kind: str):
@@ -84,10 +146,12 @@ def reduce_to_owner(tensor: torch.Tensor, owner: int, kind: str):
     D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
     count_bytes(kind, sent=0 if p == owner else _nbytes(tensor),
                 received=_nbytes(tensor) * (D - 1) if p == owner else 0)
-    return dist.reduce(tensor, group_dst=owner, group=ps.get_tsp_group(), async_op=True)
+    return Posted([dist.reduce(tensor, group_dst=owner, group=ps.get_tsp_group(),
+                               async_op=True)], kind)
 
 
-def ring_shift(send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor], kind: str) -> List:
+def ring_shift(send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor],
+               kind: str) -> List[Posted]:
     """Async: send `send` to the next rank of the ring and receive `recv` from the previous."""
     group = ps.get_tsp_group()
     ops = []
@@ -95,7 +159,7 @@ def ring_shift(send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor], kind:
         count_bytes(kind, sent=_nbytes(s), received=_nbytes(r))
         ops.append(dist.P2POp(dist.isend, s, group=group, group_peer=ps.get_tsp_next_rank()))
         ops.append(dist.P2POp(dist.irecv, r, group=group, group_peer=ps.get_tsp_prev_rank()))
-    return dist.batch_isend_irecv(ops) if ops else []
+    return [Posted(dist.batch_isend_irecv(ops), kind)] if ops else []
 
 
 def all_reduce_sum(tensor: torch.Tensor, kind: str, group=None) -> torch.Tensor:
@@ -132,7 +196,8 @@ def all_gather_async(local: torch.Tensor, kind: str, group=None):
     count_bytes(kind, sent=_nbytes(local), received=_nbytes(local) * (D - 1))
     full = torch.empty((D * local.shape[0],) + tuple(local.shape[1:]), dtype=local.dtype,
                        device=local.device)
-    return full, dist.all_gather_single(full, local.contiguous(), group=group, async_op=True)
+    return full, Posted([dist.all_gather_single(full, local.contiguous(), group=group,
+                                                async_op=True)], kind)
 
 
 def reduce_scatter_async(full: torch.Tensor, kind: str, group=None):
@@ -143,8 +208,8 @@ def reduce_scatter_async(full: torch.Tensor, kind: str, group=None):
     local = torch.empty((full.shape[0] // D,) + tuple(full.shape[1:]), dtype=full.dtype,
                         device=full.device)
     count_bytes(kind, sent=_nbytes(local) * (D - 1), received=_nbytes(local) * (D - 1))
-    return local, dist.reduce_scatter_single(local, full.contiguous(), group=group,
-                                             async_op=True)
+    return local, Posted([dist.reduce_scatter_single(local, full.contiguous(), group=group,
+                                                     async_op=True)], kind)
 
 
 class _GatherAlongSequence(torch.autograd.Function):

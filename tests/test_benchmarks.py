@@ -12,6 +12,7 @@ import torch
 
 from benchmarks import report
 from benchmarks.compare_parallelism import main as benchmark_main
+from benchmarks.exposure import split_waits
 from benchmarks.launch import run_ranks
 from benchmarks.netns import EmulatedLink, EmulatedNetwork
 
@@ -57,7 +58,7 @@ def test_json_schema_is_stable(tmp_path):
                            "--output-dir", str(tmp_path), "--name", "run"])
     results = json.loads((tmp_path / "run.json").read_text())
     _check_types(results, report.TOP_LEVEL_TYPES, "top level")
-    assert results["schema_version"] == 2 and results["network"] == {"mode": "loopback"}
+    assert results["schema_version"] == 3 and results["network"] == {"mode": "loopback"}
     assert [(r["scheme"], r["seq_length"]) for r in results["runs"]] == [
         ("tsp", 32), ("tsp", 64), ("tp", 32), ("tp", 64)]
     for run in results["runs"]:
@@ -67,6 +68,8 @@ def test_json_schema_is_stable(tmp_path):
         assert run["step_time_spread_s"] == max(times) - min(times)
         # every rank waits on some communication; never longer than its step
         assert 0 < run["exposed_s_max"] < max(times)
+        assert 0 <= run["exposed_wire_s_max"] <= run["exposed_s_max"]
+        assert set(run["exposed_wire_s_by_kind"]) == set(run["exposed_s_by_kind"])
         assert set(run["exposed_s_by_kind"]) <= {kind for r in run["per_rank"]
                                                  for kind in r["transfers"]}
         _check_types(run["predicted"], report.PREDICTED_TYPES, "predicted")
@@ -75,6 +78,11 @@ def test_json_schema_is_stable(tmp_path):
             _check_types(rank, report.RANK_TYPES, "per_rank")
             for kind, moved in rank["transfers"].items():
                 assert set(moved) == {"sent", "received"}, kind
+            # the split covers exactly the waiting timed by kind
+            for waited, split in zip(rank["exposed_s"], rank["exposed_split"]):
+                assert set(split) == set(waited)
+                for kind, seconds in waited.items():
+                    assert sum(split[kind].values()) == pytest.approx(seconds, abs=1e-9)
     for name in ("run.md", "run_memory_per_rank.png", "run_bytes_per_rank.png",
                  "run_step_time.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -136,3 +144,57 @@ def test_ranks_talk_over_the_shaped_link_and_the_namespaces_go_away():
     assert network.prefix not in _namespaces()
     # a ring all-reduce of N bytes sends 2N(D-1)/D per rank: N at D = 2
     assert elapsed > 0.8 * nbytes * 8 / (mbit * 1e6), elapsed
+
+
+def _timeline(posts, waits):
+    from megatron_tsp.comm import Timeline
+    timeline = Timeline()
+    timeline.posts, timeline.waits = posts, waits
+    return timeline
+
+
+def test_waiting_splits_into_a_late_rank_and_the_wire():
+    # rank 0 waits on a gather from 1.0 s to 3.0 s; rank 1 posted it at 2.5 s
+    # rank 1 waits on it from 2.6 s to 3.0 s, after both posted: all wire
+    # a blocking all-reduce: rank 0 in it over [4, 4.5], rank 1 over [4.4, 4.5]
+    g, a = ("attn_kv", 0), ("loss", 0)
+    rank0 = _timeline({g: 0.5, a: 4.0}, [("attn_kv", [g], 1.0, 3.0), ("loss", [a], 4.0, 4.5)])
+    rank1 = _timeline({g: 2.5, a: 4.4}, [("attn_kv", [g], 2.6, 3.0), ("loss", [a], 4.4, 4.5)])
+    split0, split1 = split_waits([rank0, rank1])
+    assert split0["attn_kv"] == pytest.approx({"late_peer": 1.5, "wire": 0.5})
+    assert split0["loss"] == pytest.approx({"late_peer": 0.4, "wire": 0.1})
+    assert split1["attn_kv"] == pytest.approx({"late_peer": 0.0, "wire": 0.4})
+    assert split1["loss"] == pytest.approx({"late_peer": 0.0, "wire": 0.1})
+    with pytest.raises(ValueError, match="rank 1 posted other transfers"):
+        split_waits([rank0, _timeline({g: 2.5}, [])])
+
+
+def _late_rank_one(delay_s: float):
+    """Rank 1 reaches a blocking all-reduce and posts an all-gather `delay_s` after rank 0."""
+    from megatron_tsp import comm
+    from megatron_tsp import parallel_state as ps
+    ps.initialize_tsp(2)
+    try:
+        comm.all_reduce_sum(torch.ones(4), "warm_up")  # connections up first
+        comm.record_timeline()
+        if ps.get_tsp_rank() == 1:
+            time.sleep(delay_s)
+        comm.all_reduce_sum(torch.ones(4), "loss")
+        if ps.get_tsp_rank() == 1:
+            time.sleep(delay_s)
+        _, posted = comm.all_gather_async(torch.ones(4), "attn_kv")
+        comm.wait_all([posted], "attn_kv")
+        return comm.take_timeline()
+    finally:
+        ps.destroy_tsp()
+
+
+def test_a_late_rank_is_told_apart_from_the_wire():
+    """Real gloo ranks: rank 0's waiting on a late rank 1 is late-peer time, not wire time."""
+    from tests.dist import run_distributed
+    delay = 0.4
+    split0, split1 = split_waits(run_distributed(_late_rank_one, 2, delay))
+    for kind in ("loss", "attn_kv"):
+        assert split0[kind]["late_peer"] > 0.9 * delay, split0
+        assert split0[kind]["wire"] < 0.25 * delay, split0
+        assert split1[kind]["late_peer"] < 0.25 * delay, split1
