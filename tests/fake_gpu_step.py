@@ -3,6 +3,11 @@
     python tests/fake_gpu_step.py --rank 0 --tsp-size 8 --model-size 8b --num-layers 2 \\
         --seq-length 131072 --dtype bf16
 
+With `--generate N`, the rank runs generation instead (megatron_tsp.inference): the prefill of a
+--seq-length-token prompt and N - 1 decode steps, each step's token fed back as a device tensor.
+`generate()` itself reads each token on the host to decide whether to stop, its one documented
+synchronisation per token; everything else must stay on the device.
+
 Runs as a script (not under pytest) because the fake CUDA shim must be loaded before torch is
 imported (see tests/fake_gpu.py). Each iteration is what Megatron's training step does with
 the TSP model: the rank's zigzag shard of a batch, forward, the loss over the TSP group,
@@ -127,6 +132,46 @@ def run(args) -> dict:
             "wrong_grads": wrong_grads[:5], **audit.report()}
 
 
+def generation(args) -> dict:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    sys.path.insert(0, str(ROOT))
+    from megatron_tsp import parallel_state as ps
+    from megatron_tsp.config import qwen3_preset
+    from megatron_tsp.device import set_compute_device
+    from megatron_tsp.inference.decode import decode_step, logits
+    from megatron_tsp.inference.kv_cache import KVCache
+    from megatron_tsp.inference.prefill import prefill
+    from megatron_tsp.layout import BLOCK, padded_length
+    from megatron_tsp.models.qwen3 import build_tsp_qwen3
+    from tests.fake_gpu import StepAudit, start_fake_rank, use_gpu_attention_kernels
+
+    D, n, new_tokens = args.tsp_size, args.seq_length, args.generate
+    start_fake_rank(args.rank, D, D)
+    if args.gpu_attention:
+        use_gpu_attention_kernels()
+    device = torch.device("cuda", 0)
+    set_compute_device(device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    cfg = qwen3_preset(args.model_size).replace(num_layers=args.num_layers)
+    with FakeTensorMode():
+        with torch.device(device):
+            model = build_tsp_qwen3(cfg, "none", dtype)
+        cache = KVCache(cfg, 1, n, new_tokens - 1, BLOCK, ps.get_tsp_rank(), D,
+                        model.output_weight())
+        audit = StepAudit(device, chunk=padded_length(n, D) // (2 * D))
+        with audit:
+            prompt = torch.randint(0, cfg.vocab_size, (1, n), device=device)
+            step_logits = logits(model, prefill(model, prompt, cache))
+            for i in range(new_tokens - 1):
+                step_logits = decode_step(model, step_logits.argmax(-1), n + i, cache)
+        logits_seen = f"{tuple(step_logits.shape)} {step_logits.dtype} {step_logits.device}"
+    return {"rank": args.rank, "cache": f"{cache.kv.dtype} {cache.kv.device}",
+            "cache_bytes": cache.nbytes, "cached_tokens": cache.length, "logits": logits_seen,
+            **audit.report()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rank", type=int, required=True)
@@ -141,11 +186,14 @@ def main(argv=None) -> None:
                              "activations, selective, full); full by default, the mode a "
                              "128K-token step needs")
     parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--generate", type=int, default=0, metavar="N",
+                        help="instead of training: prefill a --seq-length-token prompt, then "
+                             "decode until N tokens are generated")
     parser.add_argument("--no-gpu-attention", dest="gpu_attention", action="store_false",
                         help="leave SDPA's kernel choice alone (the CPU build's math path)")
     args = parser.parse_args(argv)
     load_fake_cuda()
-    print(json.dumps(run(args)), flush=True)
+    print(json.dumps(generation(args) if args.generate else run(args)), flush=True)
     os._exit(0)  # the fake process group's threads abort an orderly interpreter exit
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from megatron_tsp.config import qwen3_preset
+from megatron_tsp.planner.inference import bytes_per_cached_token
 from megatron_tsp.planner.transfers import Layout
 from megatron_tsp.planner.memory import memory_bytes
 from tests.fake_gpu import StepAudit
@@ -83,3 +84,24 @@ def test_keeping_everything_stays_on_the_device_and_is_the_planners_memory():
     cfg = qwen3_preset("8b").replace(num_layers=LAYERS)
     predicted = memory_bytes(Layout("tsp", tp=D, recompute="none"), cfg, S, 1, BF16)
     assert 0.9 <= report["peak_bytes"] / predicted.total <= 1.1, (report, predicted)
+
+
+def test_generation_stays_on_the_device_and_never_waits_on_the_host():
+    """Prefill of a 131,067-token prompt (padded to 131,072) and two decode steps, as ranks 0
+    and 7 of D = 8 in bf16: nothing leaves the device or waits on the host (prefill once built
+    a CPU index with nonzero and copied it to the device at every layer), no score-shaped
+    tensor, and the cache is bf16 on the device holding the rank's share of the tokens."""
+    n, new_tokens = S - 5, 3
+    cfg = qwen3_preset("8b").replace(num_layers=LAYERS)
+    for report in fake_gpu_steps([0, D - 1], "--generate", str(new_tokens),
+                                 "--seq-length", str(n)):
+        assert report["off_device"] == [] and report["host_syncs"] == [], report
+        assert report["score_shaped"] == [], report
+        assert report["cache"] == "torch.bfloat16 cuda:0", report
+        assert report["logits"] == f"(1, {cfg.vocab_size}) torch.float32 cuda:0", report
+        # rank r holds zigzag chunks r and 2D-1-r of c = S/2D tokens: the 5 padding tokens end
+        # rank 0's second chunk, so it holds the fewest and caches both decoded tokens
+        c = S // (2 * D)
+        expected = {0: 2 * c - 5 + new_tokens - 1, D - 1: 2 * c}[report["rank"]]
+        assert report["cached_tokens"] == expected, report
+        assert report["cache_bytes"] == expected * bytes_per_cached_token(cfg, BF16), report
