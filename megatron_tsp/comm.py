@@ -106,7 +106,7 @@ def exposed(kind: str, posted: Sequence[Posted] = ()):
     """Time spent waiting on the `posted` transfers of `kind`, or (none given) on a blocking
     collective run inside the block, which is posted as the wait starts."""
     start = time.perf_counter()
-    keys = [p.key for p in posted]
+    keys = [p.key for p in posted if p.key is not None]  # None: posted before recording
     if not posted and _timeline:
         keys = [_timeline.post(kind, start)]
     try:

@@ -176,7 +176,9 @@ def _late_rank_one(delay_s: float):
     ps.initialize_tsp(2)
     try:
         comm.all_reduce_sum(torch.ones(4), "warm_up")  # connections up first
+        _, before = comm.all_gather_async(torch.ones(4), "warm_up")
         comm.record_timeline()
+        comm.wait_all([before], "warm_up")  # posted before recording: no key to match
         if ps.get_tsp_rank() == 1:
             time.sleep(delay_s)
         comm.all_reduce_sum(torch.ones(4), "loss")
