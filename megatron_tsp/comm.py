@@ -310,7 +310,7 @@ class _Visit:
     """One step of a ring: the visiting shard `index`, its tensors and, in backward, its
     travelling fp32 gradient accumulators."""
 
-    def __init__(self, ring: "ShardRing", index: int, tensors: List[torch.Tensor]):
+    def __init__(self, ring: "ShardRing", index: int, tensors: Optional[List[torch.Tensor]]):
         self.ring, self.index, self.tensors = ring, index, tensors
 
     def accumulate(self, grads: Sequence[torch.Tensor]) -> None:
@@ -331,15 +331,22 @@ class ShardRing:
     The transfer of the next shard is posted before the current one is used (double buffer).
     With `accumulate`, each visit adds its gradient contribution to an fp32 accumulator that
     travels with the shard; after D steps (one extra hop) the full gradient is on the owner.
+    With `travel=False` the shards stay home and only the accumulators go round: for a visit
+    that needs the shard's index, not its weights (the embedding's backward); `tensors` is None.
     """
 
-    def __init__(self, owned: Sequence[torch.Tensor], kind: str, accumulate: bool = False):
-        self.owned, self.kind = list(owned), kind
+    def __init__(self, owned: Sequence[torch.Tensor], kind: str, accumulate: bool = False,
+                 travel: bool = True):
+        self.owned, self.kind, self.travel = list(owned), kind, travel
         self.D, self.p = ps.get_tsp_world_size(), ps.get_tsp_rank()
         self._acc = [torch.zeros_like(t, dtype=torch.float32) for t in owned] if accumulate else []
         self._acc_work: List = []
 
     def __iter__(self):
+        if not self.travel:
+            for step in range(self.D):
+                yield _Visit(self, (self.p - step) % self.D, None)
+            return
         current = self.owned
         for step in range(self.D):
             work, incoming = [], None

@@ -41,7 +41,8 @@ class _EmbeddingRing(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         ids, table = ctx.saved_tensors
-        ring = ShardRing([table], VOCAB_WEIGHTS, accumulate=True)
+        # a visit's gradient is an index-add of grad_out: only the accumulators go round
+        ring = ShardRing([table], VOCAB_WEIGHTS, accumulate=True, travel=False)
         for visit in ring:
             hit, row = rows_in_shard(ids, visit.index, table.shape[0])
             grad = torch.zeros(table.shape, dtype=torch.float32, device=table.device)

@@ -130,8 +130,10 @@ def tsp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     _add(out, grad_kind(ATTN_KV), L * kv * (D - 1), L * kv * (D - 1))
     _add(out, MLP_WEIGHTS, 2 * L * e * wm * (D - 1), 2 * L * e * wm * (D - 1))
     _add(out, grad_kind(MLP_WEIGHTS), L * FP32 * wm * D, L * FP32 * wm * D)  # D hops of the acc.
-    table = vp // D * h  # embedding and output layer: two uses of a table ring, tied or not
-    _add(out, VOCAB_WEIGHTS, 2 * 2 * e * table * (D - 1), 2 * 2 * e * table * (D - 1))
+    # the table's shards go round for the embedding's lookup and, forward and backward, for
+    # the output layer; the embedding's backward sends only its gradient accumulators
+    table = vp // D * h
+    _add(out, VOCAB_WEIGHTS, 3 * e * table * (D - 1), 3 * e * table * (D - 1))
     _add(out, grad_kind(VOCAB_WEIGHTS), 2 * FP32 * table * D, 2 * FP32 * table * D)
     _add(out, LOSS, ring_all_reduce(2 * FP32, D), ring_all_reduce(2 * FP32, D))
     norms = ring_all_reduce(FP32 * replicated_params(cfg), D)
