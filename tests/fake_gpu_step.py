@@ -82,29 +82,38 @@ class MixedPrecisionState:
                 p.main_grad.zero_()
 
 
-def run(args) -> dict:
+def fake_rank(args):
+    """This process as rank --rank of the fake group, on fake "cuda" -> (device, dtype, the
+    Qwen3 config)."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
 
-    sys.path.insert(0, str(ROOT))
-    from megatron_tsp import comm
-    from megatron_tsp import parallel_state as ps
-    from megatron_tsp.device import set_compute_device
-    from megatron_tsp.layers.vocab import masked_token_mean
-    from megatron_tsp.layout import local_token_index, scatter_to_local
     from megatron_tsp.config import qwen3_preset
-    from megatron_tsp.models.qwen3 import build_tsp_qwen3
-    from tests.fake_gpu import StepAudit, peak_bytes, start_fake_rank, use_gpu_attention_kernels
+    from megatron_tsp.device import set_compute_device
+    from tests.fake_gpu import start_fake_rank, use_gpu_attention_kernels
 
-    D, S, b = args.tsp_size, args.seq_length, args.micro_batch_size
-    start_fake_rank(args.rank, D, D)
+    start_fake_rank(args.rank, args.tsp_size, args.tsp_size)
     if args.gpu_attention:
         use_gpu_attention_kernels()
     device = torch.device("cuda", 0)
     set_compute_device(device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    cfg = qwen3_preset(args.model_size).replace(num_layers=args.num_layers)
+    return device, dtype, qwen3_preset(args.model_size).replace(num_layers=args.num_layers)
+
+
+def run(args) -> dict:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from megatron_tsp import comm
+    from megatron_tsp import parallel_state as ps
+    from megatron_tsp.layers.vocab import masked_token_mean
+    from megatron_tsp.layout import local_token_index, scatter_to_local
+    from megatron_tsp.models.qwen3 import build_tsp_qwen3
+    from tests.fake_gpu import StepAudit, peak_bytes
+
+    D, S, b = args.tsp_size, args.seq_length, args.micro_batch_size
+    device, dtype, cfg = fake_rank(args)
     wrong_grads, loss_seen = [], ""
     with FakeTensorMode():
         with torch.device(device):
@@ -136,25 +145,16 @@ def generation(args) -> dict:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    sys.path.insert(0, str(ROOT))
     from megatron_tsp import parallel_state as ps
-    from megatron_tsp.config import qwen3_preset
-    from megatron_tsp.device import set_compute_device
     from megatron_tsp.inference.decode import decode_step, logits
     from megatron_tsp.inference.kv_cache import KVCache
     from megatron_tsp.inference.prefill import prefill
     from megatron_tsp.layout import BLOCK, padded_length
     from megatron_tsp.models.qwen3 import build_tsp_qwen3
-    from tests.fake_gpu import StepAudit, start_fake_rank, use_gpu_attention_kernels
+    from tests.fake_gpu import StepAudit
 
     D, n, new_tokens = args.tsp_size, args.seq_length, args.generate
-    start_fake_rank(args.rank, D, D)
-    if args.gpu_attention:
-        use_gpu_attention_kernels()
-    device = torch.device("cuda", 0)
-    set_compute_device(device)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    cfg = qwen3_preset(args.model_size).replace(num_layers=args.num_layers)
+    device, dtype, cfg = fake_rank(args)
     with FakeTensorMode():
         with torch.device(device):
             model = build_tsp_qwen3(cfg, "none", dtype)
@@ -193,6 +193,7 @@ def main(argv=None) -> None:
                         help="leave SDPA's kernel choice alone (the CPU build's math path)")
     args = parser.parse_args(argv)
     load_fake_cuda()
+    sys.path.insert(0, str(ROOT))  # the package and tests/ as this checkout has them
     print(json.dumps(generation(args) if args.generate else run(args)), flush=True)
     os._exit(0)  # the fake process group's threads abort an orderly interpreter exit
 
