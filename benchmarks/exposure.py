@@ -46,7 +46,3 @@ def split_waits(timelines: Sequence[Timeline]) -> List[Split]:
 def wire_seconds(split: Split) -> float:
     return sum(v["wire"] for v in split.values())
 
-
-def late_peer_seconds(split: Split) -> float:
-    return sum(v["late_peer"] for v in split.values())
-

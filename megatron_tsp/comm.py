@@ -102,13 +102,14 @@ def exposed_communication() -> Dict[str, float]:
 
 
 @contextmanager
-def exposed(kind: str, posted: Sequence[Posted] = ()):
-    """Time spent waiting on the `posted` transfers of `kind`, or (none given) on a blocking
+def exposed(kind: str, posted: Optional[Sequence[Posted]] = None):
+    """Time spent waiting on the `posted` transfers of `kind`, or (None) on a blocking
     collective run inside the block, which is posted as the wait starts."""
     start = time.perf_counter()
-    keys = [p.key for p in posted if p.key is not None]  # None: posted before recording
-    if not posted and _timeline:
-        keys = [_timeline.post(kind, start)]
+    if posted is None:
+        keys = [_timeline.post(kind, start)] if _timeline else []
+    else:  # a key of None: posted before recording
+        keys = [p.key for p in posted if p.key is not None]
     try:
         yield
     finally:

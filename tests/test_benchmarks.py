@@ -169,6 +169,17 @@ def test_waiting_splits_into_a_late_rank_and_the_wire():
         split_waits([rank0, _timeline({g: 2.5}, [])])
 
 
+def test_waiting_on_nothing_posts_nothing():
+    """A wait on an empty list of transfers (a ring's first visit) is not a collective: it
+    must not enter the timeline as one, which the other ranks would be matched against."""
+    from megatron_tsp import comm
+    comm.record_timeline()
+    comm.wait_all([], "mlp_weights_grad")
+    timeline = comm.take_timeline()
+    assert timeline.posts == {}
+    assert [(kind, keys) for kind, keys, _, _ in timeline.waits] == [("mlp_weights_grad", [])]
+
+
 def _late_rank_one(delay_s: float):
     """Rank 1 reaches a blocking all-reduce and posts an all-gather `delay_s` after rank 0."""
     from megatron_tsp import comm
