@@ -30,7 +30,8 @@ from torch import nn
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.comm import ShardBroadcast
 from megatron_tsp.config import Qwen3Config
-from megatron_tsp.layers.chunk_attention import causal_chunk_attention
+from megatron_tsp.documents import PackedDocuments
+from megatron_tsp.layers.chunk_attention import causal_chunk_attention, document_chunk_attention
 from megatron_tsp.layers.linear import TSPLinear
 from megatron_tsp.layers.norm import RMSNorm, rms_norm
 from megatron_tsp.layers.recompute import NONE, Recompute
@@ -65,17 +66,22 @@ class AttentionShape:
 
 
 def zigzag_causal_attention(q: torch.Tensor, kv_full: torch.Tensor,
-                            chunks: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+                            chunks: Optional[Tuple[int, int]] = None,
+                            documents: Optional[PackedDocuments] = None) -> torch.Tensor:
     """q [s, b, hs, hd] of the local zigzag chunks (global indices `chunks`, by default this
     rank's); kv_full [S, 2, b, gs, hd] keys and values in sequence order.
 
-    Each local chunk attends to keys up to its own end, with no mask built on any device
-    (layers/chunk_attention.py). GQA is left to the kernels, so kv heads are never repeated; the
-    kernels read views of kv_full, so what backward keeps of the keys/values is kv_full itself.
-    Returns [s, b, hs * hd].
+    Each local chunk attends to keys up to its own end, or with packed `documents` (made for the
+    same chunks) to the keys of each query's own document up to the query, with no mask built on
+    any device (layers/chunk_attention.py). GQA is left to the kernels, so kv heads are never
+    repeated; the kernels read views of kv_full, so what backward keeps of the keys/values is
+    kv_full itself. Returns [s, b, hs * hd].
     """
     s, b, hs, hd = q.shape
     c = s // 2
+    if documents is not None:
+        return torch.cat([document_chunk_attention(q[i * c:(i + 1) * c], kv_full, segments)
+                          for i, segments in enumerate(documents.chunks)]).reshape(s, b, hs * hd)
     if chunks is None:
         chunks = local_chunks(ps.get_tsp_rank(), ps.get_tsp_world_size())
     k, v = kv_full.permute(1, 2, 3, 0, 4)  # each [b, gs, S, hd]
@@ -177,14 +183,14 @@ def _start_step(x, w_qkv, norms, cos, sin, shape, recompute: Recompute):
     return kept, q, gather
 
 
-def _finish_step(kept: _Kept, q, gather: SequenceGather, recompute: Recompute):
+def _finish_step(kept: _Kept, q, gather: SequenceGather, recompute: Recompute, documents):
     """The second half: attention once the keys/values are in -> [s, b, hs * hd] (no graph)."""
     kv_full = gather.wait()
     if recompute.qkv or recompute.core_attn:
-        return zigzag_causal_attention(q.detach(), kv_full)
+        return zigzag_causal_attention(q.detach(), kv_full, documents=documents)
     kept.core_leaves = [_leaf(q), _leaf(kv_full)]
     with torch.enable_grad():
-        kept.out = zigzag_causal_attention(*kept.core_leaves)
+        kept.out = zigzag_causal_attention(*kept.core_leaves, documents=documents)
     return kept.out.detach()
 
 
@@ -192,7 +198,8 @@ class _BackwardStep:
     """One step's backward in two halves, so that its dK/dV reduce-scatter travels while the
     step's query path and the next step's attention core run backward."""
 
-    def __init__(self, kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape):
+    def __init__(self, kept: _Kept, x, w_qkv, w_proj, grad_y, norms, cos, sin, shape,
+                 documents):
         """The first half: recompute what was not kept, the core's backward, dK/dV posted,
         then the query path down to x (which needs no dK/dV)."""
         self.x2, self.shape = x.flatten(0, 1), shape
@@ -210,7 +217,7 @@ class _BackwardStep:
         if out is None:
             core_leaves = [_leaf(self.normed[0]), _leaf(gather.wait())]
             with torch.enable_grad():
-                out = zigzag_causal_attention(*core_leaves)
+                out = zigzag_causal_attention(*core_leaves, documents=documents)
         self.grad_w_proj = grad_y2.t() @ out.detach().flatten(0, 1)
         grad_q, grad_kv_full = torch.autograd.grad(out, core_leaves, grad_out.view_as(out))
         self.scatter = SequenceReduceScatter(grad_kv_full, grad_kind(ATTN_KV),
@@ -243,14 +250,14 @@ class _AttentionSchedule(torch.autograd.Function):
     path and step j+1's core run backward."""
 
     @staticmethod
-    def forward(ctx, x, w_qkv, w_proj, q_norm, k_norm, cos, sin, shape, recompute):
-        ctx.shape = shape
+    def forward(ctx, x, w_qkv, w_proj, q_norm, k_norm, cos, sin, shape, recompute, documents):
+        ctx.shape, ctx.documents = shape, documents
         ctx.save_for_backward(x, w_qkv, w_proj, q_norm, k_norm, cos, sin)
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         ctx.kept, started = [], None
 
         def finish(kept, q, gather, wp):
-            y.add_((_finish_step(kept, q, gather, recompute) @ wp.t()).float())
+            y.add_((_finish_step(kept, q, gather, recompute, documents) @ wp.t()).float())
 
         stream = ShardBroadcast([w_qkv, w_proj], [0, 1], shape.blocks_per_step, ATTN_WEIGHTS)
         for _, (wq, wp) in stream:
@@ -282,7 +289,7 @@ class _AttentionSchedule(torch.autograd.Function):
         for step, (wq, wp) in stream:
             kept, ctx.kept[step] = ctx.kept[step], None  # freed as backward goes
             backward_step = _BackwardStep(kept, x, wq, wp, grad_y, (q_norm, k_norm), cos, sin,
-                                          shape)
+                                          shape, ctx.documents)
             if started is not None:
                 finish(*started)
             started = (step, backward_step)
@@ -290,7 +297,7 @@ class _AttentionSchedule(torch.autograd.Function):
         grad_w_qkv, grad_w_proj = stream.owned_grads()
         return (grad_x.to(x.dtype), grad_w_qkv.to(w_qkv.dtype), grad_w_proj.to(w_proj.dtype),
                 grad_q_norm.to(q_norm.dtype), grad_k_norm.to(k_norm.dtype), None, None, None,
-                None)
+                None, None)
 
 
 class TSPSelfAttention(nn.Module):
@@ -308,8 +315,10 @@ class TSPSelfAttention(nn.Module):
         self.k_layernorm = RMSNorm(hd, config.norm_epsilon, dtype)
         self.shape = AttentionShape(nh, ng, hd, config.norm_epsilon, ps.get_tsp_world_size())
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x_local [s, b, h], cos/sin [s, b, 1, hd] -> y_local [s, b, h]."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                documents: Optional[PackedDocuments] = None) -> torch.Tensor:
+        """x_local [s, b, h], cos/sin [s, b, 1, hd] -> y_local [s, b, h]; `documents` packed
+        in the batch (megatron_tsp.documents), or None: one causal sequence."""
         return _AttentionSchedule.apply(x, self.linear_qkv.weight, self.linear_proj.weight,
                                         self.q_layernorm.weight, self.k_layernorm.weight,
-                                        cos, sin, self.shape, self.recompute)
+                                        cos, sin, self.shape, self.recompute, documents)

@@ -14,6 +14,7 @@ with the merged output and log-sum-exp (as ring attention does): exact, and O(c 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.varlen import varlen_attn
 
 _flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _flash_cpu_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
@@ -56,3 +57,39 @@ def causal_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     prefix = length - c  # the kernel reads strided views: the blocks are not copied
     return _PrefixAndDiagonal.apply(q, k[:, :, :prefix], v[:, :, :prefix], k[:, :, prefix:],
                                     v[:, :, prefix:])
+
+
+def document_chunk_attention(q: torch.Tensor, kv_full: torch.Tensor, segments) -> torch.Tensor:
+    """Packed documents: q [c, b, hs, hd] of one query chunk, kv_full [S, 2, b, gs, hd] in
+    sequence order, `segments` that chunk's ChunkSegments per sample (megatron_tsp.documents).
+    Each segment's queries attend causally to its document's keys up to the segment's end.
+
+    On a GPU, one variable-length flash call per sample over views of q and kv_full, its
+    offsets already on the device and its maximum lengths host integers; on the CPU, each
+    segment through causal_chunk_attention. No mask is built either way.
+    Returns [c, b, hs, hd]."""
+    outputs = []
+    for i, table in enumerate(segments):
+        if q.device.type == "cpu":
+            outputs.append(_segments_on_cpu(q[:, i], kv_full[:, :, i], table))
+            continue
+        k, v = kv_full[table.key_start:, 0, i], kv_full[table.key_start:, 1, i]
+        outputs.append(varlen_attn(q[:, i], k, v, table.cu_q, table.cu_k, table.max_q,
+                                   table.max_k, window_size=(-1, 0), enable_gqa=True))
+    return torch.stack(outputs, dim=1)
+
+
+def _segments_on_cpu(q: torch.Tensor, kv_full: torch.Tensor, table) -> torch.Tensor:
+    """q [c, hs, hd], kv_full [S, 2, gs, hd] of one sample -> [c, hs, hd]."""
+    outputs = []
+    for (q_first, q_end), (k_first, k_end) in table.segments():
+        keys = kv_full[k_first:k_end]
+        o = causal_chunk_attention(_heads_first(q[q_first:q_end]), _heads_first(keys[:, 0]),
+                                   _heads_first(keys[:, 1]))
+        outputs.append(o[0].transpose(0, 1))
+    return torch.cat(outputs)
+
+
+def _heads_first(t: torch.Tensor) -> torch.Tensor:
+    """[n, heads, hd] -> [1, heads, n, hd] (a view)."""
+    return t.transpose(0, 1).unsqueeze(0)

@@ -31,6 +31,7 @@ from megatron_tsp.layers.recompute import MODES, NONE, Recompute, layer_recomput
 from megatron_tsp.layers.rotary import rotary_cos_sin
 from megatron_tsp.layers.vocab import TSPEmbedding, vocab_cross_entropy, vocab_logits
 from megatron_tsp.config import Qwen3Config
+from megatron_tsp.documents import PackedDocuments
 from megatron_tsp.config_adapters import transformer_config_from_qwen3
 from megatron_tsp.models.mcore_gpt import build_mcore_qwen3
 
@@ -57,8 +58,8 @@ class TSPTransformerLayer(nn.Module):
         self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
         self.mlp = TSPMLP(config, dtype, recompute)
 
-    def forward(self, hidden, cos, sin):
-        hidden = hidden + self.self_attention(self.input_layernorm(hidden), cos, sin)
+    def forward(self, hidden, cos, sin, documents):
+        hidden = hidden + self.self_attention(self.input_layernorm(hidden), cos, sin, documents)
         return hidden + self.mlp(self.pre_mlp_layernorm(hidden))
 
 
@@ -73,9 +74,9 @@ class TSPTransformerBlock(nn.Module):
         if post_process:
             self.final_layernorm = RMSNorm(config.hidden_size, config.norm_epsilon, dtype)
 
-    def forward(self, hidden, cos, sin):
+    def forward(self, hidden, cos, sin, documents):
         for layer in self.layers:
-            hidden = layer(hidden, cos, sin)
+            hidden = layer(hidden, cos, sin, documents)
         if hasattr(self, "final_layernorm"):
             hidden = self.final_layernorm(hidden)
         return hidden
@@ -164,16 +165,18 @@ class TSPQwen3Model(MegatronModule):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+                labels: Optional[torch.Tensor] = None,
+                documents: Optional[PackedDocuments] = None) -> torch.Tensor:
         """input_ids, position_ids, labels [b, s] (local shard) -> loss [b, s] (fp32), or
         logits [b, s, Vp] when labels is None. attention_mask is accepted for GPTModel's
-        signature and must be None: attention is causal by construction."""
+        signature and must be None: attention is causal by construction, over each of the packed
+        `documents` (megatron_tsp.documents, made for this rank's chunks) when given."""
         if attention_mask is not None:
             raise ValueError("TSPQwen3Model is causal by construction; pass attention_mask=None")
         cfg = self.qwen3_config
         cos, sin = rotary_cos_sin(position_ids, cfg.kv_channels, cfg.rotary_base)
         hidden = self.embedding(input_ids) if self.pre_process else self._input_tensor
-        hidden = self.decoder(hidden, cos, sin)
+        hidden = self.decoder(hidden, cos, sin, documents)
         if not self.post_process:
             return hidden
         if labels is None:
