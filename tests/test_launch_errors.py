@@ -56,9 +56,6 @@ UNSUPPORTED = [
      1, "--overlap-param-gather"),
     (["--tsp-size", "2", "--use-distributed-optimizer", "--overlap-grad-reduce",
       "--overlap-param-gather", *MOCK], 4, "--overlap-param-gather"),
-    # TSP attention is causal over whole sequences: no document masking
-    (["--reset-position-ids", *MOCK], 1, "--reset-position-ids"),
-    (["--reset-attention-mask", *MOCK], 1, "--reset-attention-mask"),
     # recompute choices TSP's layers cannot honour (layers/recompute.py)
     (["--recompute-granularity", "full", "--recompute-method", "uniform", *MOCK], 1,
      "--recompute-num-layers"),

@@ -139,10 +139,6 @@ def _reject_unsupported_flags(args) -> None:
                          "outside the modules' forward, so Megatron DDP's forward pre-hooks, "
                          "which wait for the parameter all-gather, never fire and the step "
                          "would use stale weights")
-    for flag in ("--reset-position-ids", "--reset-attention-mask"):
-        if getattr(args, flag[2:].replace("-", "_")):
-            raise ValueError(f"{flag} is not supported: TSP attention is causal over the whole "
-                             "sequence and has no document masking (positions are 0..S-1)")
     for flag, why in _UNSUPPORTED_RECOMPUTE_FLAGS.items():
         if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
             raise ValueError(f"{flag} is not supported: {why}")

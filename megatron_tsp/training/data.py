@@ -14,17 +14,19 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
 from megatron.core.utils import get_batch_on_this_tp_rank
-from megatron.training import get_args, print_rank_0
+from megatron.training import get_args, get_tokenizer, print_rank_0
 from megatron.training.utils import get_blend_and_blend_per_split, is_first_or_last_pipeline_stage
 
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.device import compute_device
-from megatron_tsp.layout import local_token_index, scatter_to_local
+from megatron_tsp.documents import packed_documents
+from megatron_tsp.layout import local_chunks, local_token_index, scatter_to_local
 from megatron_tsp.training.arguments import EMBEDDED_DATA, embedded_dataset_prefix
 from megatron_tsp.training.preprocess import preprocess
 
-# no attention_mask: TSP attention is causal by construction, so the S x S mask Megatron's dataset
-# can build (16 GiB of bools per sample at 128K tokens) is never built, moved or broadcast
+# no attention_mask: TSP attention is causal by construction (over each packed document with
+# --reset-attention-mask, from offsets), so the S x S mask Megatron's dataset can build (16 GiB
+# of bools per sample at 128K tokens) is never built, moved or broadcast
 _BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
@@ -57,18 +59,47 @@ def _full_batch(data_iterator, args):
     return batch
 
 
+def packs_documents(args) -> bool:
+    """Megatron's packed-document flags: positions restart after each EOD, or a token attends
+    only to its own document."""
+    return args.reset_position_ids or args.reset_attention_mask
+
+
 def get_local_batch(data_iterator, vp_stage=None):
-    """tokens, labels, loss_mask [b, S/D] (None on middle pipeline stages) and position ids."""
+    """tokens, labels, loss_mask [b, S/D] (None on middle pipeline stages), position ids, and the
+    packed documents (megatron_tsp.documents; None without --reset-attention-mask)."""
     args = get_args()
+    if packs_documents(args):
+        return _packed_local_batch(data_iterator, args, vp_stage)
     D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
     positions = local_token_index(args.seq_length, p, D, device=compute_device())
     positions = positions.unsqueeze(0).expand(args.micro_batch_size, -1)
     if not is_first_or_last_pipeline_stage(vp_stage):
-        return None, None, None, positions
+        return None, None, None, positions, None
     batch = _full_batch(data_iterator, args)
     local = [scatter_to_local(batch[key], dim=1) if batch.get(key) is not None else None
              for key in ("tokens", "labels", "loss_mask")]
-    return (*local, positions)
+    return (*local, positions, None)
+
+
+def _packed_local_batch(data_iterator, args, vp_stage):
+    """Packed documents: the positions come from the dataset (Megatron's reset position ids) and
+    the document offsets are made on the host from the tokens the data loader made there, so
+    nothing is read back from the device. For that every rank of every pipeline stage reads its
+    samples itself (the same samples: the loader's order depends only on the seed and the
+    consumed samples) rather than receiving them from TP rank 0, and middle stages read them for
+    the positions and documents alone."""
+    D, p = ps.get_tsp_world_size(), ps.get_tsp_rank()
+    batch, device = next(data_iterator), compute_device()
+    documents = None
+    if args.reset_attention_mask:
+        documents = packed_documents(batch["tokens"], get_tokenizer().eod, local_chunks(p, D),
+                                     2 * D, device)
+    local = {key: scatter_to_local(batch[key], dim=1).to(device, non_blocking=True)
+             for key in _BATCH_KEYS}
+    if not is_first_or_last_pipeline_stage(vp_stage):
+        return None, None, None, local["position_ids"], documents
+    return local["tokens"], local["labels"], local["loss_mask"], local["position_ids"], documents
 
 
 def _dataset_config(args) -> GPTDatasetConfig:
@@ -106,6 +137,8 @@ class VocabularyCheckedGPTDataset(GPTDataset):
 
 
 def _built_on_this_rank(vp_stage=None) -> bool:
+    if packs_documents(get_args()):
+        return True  # every rank reads its samples (_packed_local_batch)
     return mpu.get_tensor_model_parallel_rank() == 0 and is_first_or_last_pipeline_stage(vp_stage)
 
 

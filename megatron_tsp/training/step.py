@@ -101,9 +101,9 @@ _report = _ThroughputReport()
 def forward_step(data_iterator, model):
     timers = get_timers()
     timers("batch-generator", log_level=2).start()
-    tokens, labels, loss_mask, positions = get_local_batch(
+    tokens, labels, loss_mask, positions, documents = get_local_batch(
         data_iterator, getattr(model, "vp_stage", None))
     timers("batch-generator").stop()
     _report.step()
-    output = model(tokens, positions, None, labels=labels)
+    output = model(tokens, positions, None, labels=labels, documents=documents)
     return output, partial(loss_func, loss_mask)
