@@ -2,8 +2,10 @@
 single device's at every layout, resume is exact, the embedded default run learns, logs are
 written."""
 
+import numpy
 import pytest
 
+from megatron_tsp.training.arguments import EMBEDDED_DATA
 from tests.pretrain_runner import MOCK_RUN, losses_and_grad_norms_of, losses_of, run_pretrain
 
 pytestmark = pytest.mark.slow
@@ -84,3 +86,53 @@ def test_embedded_default_run_learns_and_writes_logs(cache, tmp_path):
     assert "tokens/s" in output and "peak memory per TSP rank" in output
     assert list(tensorboard.glob("events.out.tfevents.*"))
     assert list(wandb.rglob("offline-run-*")), sorted(p.name for p in wandb.rglob("*"))[:20]
+
+
+# packed documents: short documents (1 to 40 tokens, each ending with the tokenizer's EOD) in
+# 64-token samples, so every sample holds several and the zigzag chunks cut them
+PACKED = ["--reset-position-ids", "--reset-attention-mask", "--eod-mask-loss",
+          "--tokenizer-type", "HuggingFaceTokenizer", "--model-size", "tiny", "--seq-length",
+          "64", "--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "1e-3",
+          "--log-interval", "1", "--eval-iters", "0", "--seed", "1234", "--split", "100,0,0",
+          *ITERS]
+
+
+@pytest.fixture(scope="module")
+def packed_data(tmp_path_factory):
+    """(--data-path prefix, --tokenizer-model) of a corpus of short EOD-ended documents."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from transformers import AutoTokenizer
+    tokenizer = str(EMBEDDED_DATA / "tokenizer")
+    vocabulary = AutoTokenizer.from_pretrained(tokenizer)
+    eod = vocabulary.eos_token_id
+    prefix = tmp_path_factory.mktemp("packed") / "documents"
+    generator = numpy.random.default_rng(0)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
+    for length in generator.integers(1, 41, size=200):
+        ids = generator.integers(0, len(vocabulary), size=length)
+        ids[ids == eod] = eod + 1
+        ids[-1] = eod
+        builder.add_document(ids, [length])
+    builder.finalize(f"{prefix}.idx")
+    return ["--data-path", str(prefix), "--tokenizer-model", tokenizer]
+
+
+@pytest.fixture(scope="module")
+def packed_single_device(cache, packed_data):
+    return losses_and_grad_norms_of(1, PACKED + packed_data + ["--tsp-size", "1"], cache)
+
+
+@pytest.mark.parametrize("nproc, layout", [
+    (2, ["--tsp-size", "2"]),
+    (4, ["--tsp-size", "2", "--use-distributed-optimizer"]),  # data parallel 2 x tsp 2
+    (4, ["--tsp-size", "2", "--pipeline-model-parallel-size", "2"]),
+], ids=["tsp2", "dp2-tsp2-distopt", "pp2-tsp2"])
+def test_packed_documents_equal_single_device_at_every_layout(
+        cache, packed_data, packed_single_device, nproc, layout):
+    """The packed runs log the single device's loss and gradient norm at every iteration
+    (each step's numerics against GPTModel with Megatron's document mask:
+    tests/test_packed_documents.py)."""
+    losses, norms = losses_and_grad_norms_of(nproc, PACKED + packed_data + layout, cache)
+    _assert_same_losses(losses, packed_single_device[0], range(1, 6))
+    for i in range(1, 6):
+        assert abs(norms[i] - packed_single_device[1][i]) <= 1.5e-3, (i, norms)
