@@ -18,7 +18,7 @@ the device once per micro-batch, in one non-blocking copy.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy
 import torch
@@ -84,18 +84,21 @@ def _chunk_segments(starts: numpy.ndarray, first: int, length: int) -> Tuple[int
     return key_start, q_offsets, k_offsets
 
 
-def packed_documents(tokens: torch.Tensor, eod: int, chunks: Sequence[int], num_chunks: int,
+def packed_documents(tokens: Union[torch.Tensor, numpy.ndarray], eod: int,
+                     chunks: Sequence[int], num_chunks: int,
                      device: torch.device) -> PackedDocuments:
-    """tokens [b, S] on the host (the whole sequence of every sample); `chunks` the global
-    indices of the query chunks of this rank, in local order, of `num_chunks` (2D) per
-    sequence; the offsets made for attention on `device`."""
-    if tokens.device.type != "cpu":
-        raise ValueError("packed_documents reads the tokens on the host, where the data loader "
-                         "made them: pass them before they are moved to the device")
+    """tokens [b, S] on the host, a tensor or an array (the whole sequence of every sample);
+    `chunks` the global indices of the query chunks of this rank, in local order, of
+    `num_chunks` (2D) per sequence; the offsets made for attention on `device`."""
+    if isinstance(tokens, torch.Tensor):
+        if tokens.device.type != "cpu":
+            raise ValueError("packed_documents reads the tokens on the host, where the data "
+                             "loader made them: pass them before they are moved to the device")
+        tokens = tokens.numpy()
     b, S = tokens.shape
     assert S % num_chunks == 0, (S, num_chunks)
     c = S // num_chunks
-    rows = tokens.numpy()
+    rows = tokens
     tables = [[_chunk_segments(document_starts(rows[i], eod), k * c, c) for i in range(b)]
               for k in chunks]
     if device.type == "cpu":

@@ -121,6 +121,7 @@ def run(args) -> dict:
         tracker = MemTracker()
         tracker.track_external(model)
         audit = StepAudit(device, chunk=S // (2 * D))
+        documents = _packed_documents(S, b, D, device) if args.packed else None
         with tracker:
             state = MixedPrecisionState(model, wrong_grads)
             for _ in range(args.iterations):
@@ -130,7 +131,8 @@ def run(args) -> dict:
                     ids, labels = (scatter_to_local(t, dim=1) for t in (tokens[:, :-1],
                                                                          tokens[:, 1:]))
                     positions = local_token_index(S, ps.get_tsp_rank(), D, device=device)
-                    loss = model(ids, positions.expand(b, -1), labels=labels)
+                    loss = model(ids, positions.expand(b, -1), labels=labels,
+                                 documents=documents)
                     to_backprop, mean = masked_token_mean(loss, torch.ones_like(loss))
                     to_backprop.backward()
                     comm.all_reduce_replicated_grads(model)
@@ -139,6 +141,25 @@ def run(args) -> dict:
         peak = peak_bytes(tracker, device)
     return {"rank": args.rank, "peak_bytes": peak, "loss": loss_seen,
             "wrong_grads": wrong_grads[:5], **audit.report()}
+
+
+# packed documents of mixed lengths, from one token to 64K, then one with no EOD to the end
+PACKED_LENGTHS = (1, 65536, 1, 17, 3000, 1, 16384, 250, 1, 8192)
+
+
+def _packed_documents(S: int, b: int, D: int, device):
+    """The document offsets of b samples of PACKED_LENGTHS, as the data path makes them: from
+    host tokens, before the step (its audit watches the step, not the data loader)."""
+    import numpy
+
+    from megatron_tsp import parallel_state as ps
+    from megatron_tsp.documents import packed_documents
+    from megatron_tsp.layout import local_chunks
+
+    eod = 0
+    tokens = numpy.ones((b, S), dtype=numpy.int64)  # host tokens, whatever mode makes tensors
+    tokens[:, numpy.cumsum(PACKED_LENGTHS) - 1] = eod
+    return packed_documents(tokens, eod, local_chunks(ps.get_tsp_rank(), D), 2 * D, device)
 
 
 def generation(args) -> dict:
@@ -186,6 +207,8 @@ def main(argv=None) -> None:
                              "activations, selective, full); full by default, the mode a "
                              "128K-token step needs")
     parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--packed", action="store_true",
+                        help="documents of mixed lengths packed in each sample (PACKED_LENGTHS)")
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="instead of training: prefill a --seq-length-token prompt, then "
                              "decode until N tokens are generated")

@@ -62,6 +62,16 @@ def test_peak_memory_is_the_planners_within_ten_percent(first_and_last_rank):
         assert 0.9 <= ratio <= 1.1, (report["rank"], report["peak_bytes"], predicted)
 
 
+def test_packed_documents_stay_on_the_device_at_the_unpacked_memory(first_and_last_rank):
+    """Documents of mixed lengths, from one token to 64K (fake_gpu_step.PACKED_LENGTHS), packed
+    in the 131,072 tokens: torch's varlen flash kernel per chunk, its offsets made from host
+    tokens before the step; the same audit, and the peak of the unpacked step within 1%."""
+    for report, unpacked in zip(fake_gpu_steps([0, D - 1], "--packed"), first_and_last_rank):
+        assert report["off_device"] == [] and report["host_syncs"] == [], report
+        assert report["score_shaped"] == [] and report["wrong_grads"] == [], report
+        assert report["peak_bytes"] <= 1.01 * unpacked["peak_bytes"], (report, unpacked)
+
+
 def test_the_audit_sees_what_a_gpu_step_must_not_do():
     """CPU tensors stand for tensors off the device here: the audit must flag each fault."""
     audit = StepAudit(torch.device("cuda"), chunk=4)
