@@ -4,6 +4,7 @@
 #   (a) pretrain_qwen3.py --tsp-size 1 --bf16 --mock-data, tiny model, 20 iterations: finite losses
 #   (b) Qwen3-1.7B's shape with 4 layers at 32768 tokens, 5 iterations: tokens/s and MFU
 #   (d) that run's peak memory against the planner's prediction
+#   (e) packed documents: torch's varlen flash kernel equals the CPU path (bf16, fwd + bwd)
 # and a summary table at the end. Run from anywhere; logs go to $GPU_CHECK_OUT (/tmp/gpu_check).
 #
 #   bash scripts/gpu_check.sh [--quick] [--peak-tflops N]
@@ -13,8 +14,8 @@
 # offline; else, with a CUDA torch already installed, megatron-core and the missing packages are
 # pip-installed around it (that torch is kept); with no torch at all, scripts/setup.sh runs.
 # Exit code: 0 every check passed, 1 a check failed, 2 no CUDA device or no torch (nothing run).
-# GPU_CHECK_CPU_REHEARSAL=1 runs the same flow on a CPU (fp32, tiny shapes, (c) fails) to test
-# this script itself.
+# GPU_CHECK_CPU_REHEARSAL=1 runs the same flow on a CPU (fp32, tiny shapes, (c) and (e) fail) to
+# test this script itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -130,6 +131,15 @@ timeout "$(left 120)" "${REPORT[@]}" sdpa --seq-length "$SDPA_S" 2>&1 | tee "$LO
 line=$(result_of "$LOGS/c_sdpa.log")
 [ -z "$line" ] && line="FAIL"$'\t'"no result: $(tail -1 "$LOGS/c_sdpa.log" | cut -c1-150)"
 record "(c) SDPA flash, lower-right causal chunks" "${line%%$'\t'*}" "${line#*$'\t'}"
+
+# --- (e) packed documents: varlen flash against the CPU path ------------------------------------
+if [ $IMPORTABLE = 1 ]; then
+    say "(e) packed documents: torch's varlen flash kernel against the CPU path"
+    timeout "$(left 90)" "${REPORT[@]}" varlen 2>&1 | tee "$LOGS/e_varlen.log"
+    line=$(result_of "$LOGS/e_varlen.log")
+    [ -z "$line" ] && line="FAIL"$'\t'"no result: $(tail -1 "$LOGS/e_varlen.log" | cut -c1-150)"
+    record "(e) packed documents, varlen flash" "${line%%$'\t'*}" "${line#*$'\t'}"
+fi
 
 if [ $IMPORTABLE = 0 ]; then
     record "(a) tiny bf16 training" FAIL "skipped: megatron_tsp is not importable"

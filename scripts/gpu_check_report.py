@@ -1,14 +1,16 @@
 """Helpers of scripts/gpu_check.sh: read a pretrain_qwen3.py log, compute MFU and the planner's
-memory prediction, check SDPA's flash dispatch. Each subcommand ends with one line
+memory prediction, check SDPA's flash dispatch and the packed documents' varlen kernel. Each
+subcommand ends with one line
 
     RESULT PASS|FAIL|INFO <detail>
 
-which gpu_check.sh puts in its summary table. Only `sdpa` needs a GPU.
+which gpu_check.sh puts in its summary table. Only `sdpa` and `varlen` need a GPU.
 
     python scripts/gpu_check_report.py losses LOG [--expect N]
     python scripts/gpu_check_report.py throughput LOG --model-size 1.7b --num-layers 4 \
         --seq-length 32768 [--micro-batch-size 1] [--peak-tflops 989]
     python scripts/gpu_check_report.py sdpa --seq-length 32768 --model-size 1.7b
+    python scripts/gpu_check_report.py varlen [--seq-length 8192]
 """
 
 import argparse
@@ -240,6 +242,52 @@ def cmd_sdpa(args) -> int:
     return 0
 
 
+# --- (e) packed documents: torch's varlen flash kernel against the CPU path ------------------
+
+# documents of the varlen check: one-token ones, some cut by the chunk boundaries of D = 2
+VARLEN_LENGTHS = (1, 700, 1, 1, 2500, 37, 1200)
+
+
+def cmd_varlen(args) -> int:
+    """TSP's packed-document attention of every chunk of D = 2 on the GPU (varlen flash, bf16)
+    equals the CPU path (the chunk kernels per segment, fp32) on the same inputs: values and
+    gradients, relative error at most 2e-2 (bf16)."""
+    import numpy
+    import torch
+
+    from megatron_tsp.documents import packed_documents
+    from megatron_tsp.layers.attention import zigzag_causal_attention
+    from megatron_tsp.layout import local_chunks
+    if not torch.cuda.is_available():
+        result("FAIL", "no CUDA device: the varlen check needs one")
+        return 2
+    S, D, heads, kv_heads, hd = args.seq_length, 2, 8, 2, 128
+    tokens = numpy.ones((1, S), dtype=numpy.int64)
+    tokens[0, numpy.cumsum(VARLEN_LENGTHS) - 1] = 0
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for rank in range(D):
+        chunks = local_chunks(rank, D)
+        q = torch.randn(S // D, 1, heads, hd, generator=generator)
+        kv = torch.randn(S, 2, 1, kv_heads, hd, generator=generator)
+        grad = torch.randn(S // D, 1, heads * hd, generator=generator)
+        results = []
+        for device, dtype in (("cuda", torch.bfloat16), ("cpu", torch.float32)):
+            documents = packed_documents(tokens, 0, chunks, 2 * D, torch.device(device))
+            inputs = [t.to(device, dtype).requires_grad_() for t in (q, kv)]
+            out = zigzag_causal_attention(*inputs, documents=documents)
+            results.append([out, *torch.autograd.grad(out, inputs, grad.to(device, dtype))])
+        for name, got, expected in zip(("out", "dq", "dkv"), *results):
+            got, expected = got.float().cpu(), expected.float()
+            error = ((got - expected).norm() / expected.norm()).item()
+            print(f"rank {rank} {name}: relative error {error:.2e}", flush=True)
+            worst = max(worst, error if math.isfinite(error) else math.inf)
+    status = "PASS" if worst <= 2e-2 else "FAIL"
+    result(status, f"varlen flash equals the CPU path to {worst:.1e} (S={S}, D=2, "
+                   f"{len(VARLEN_LENGTHS) + 1} documents)")
+    return 0 if status == "PASS" else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +309,9 @@ def main(argv=None) -> int:
     p.add_argument("--seq-length", type=int, default=32768)
     p.add_argument("--model-size", default="1.7b")
     p.set_defaults(fn=cmd_sdpa)
+    p = sub.add_parser("varlen", help="(e) packed documents: varlen flash against the CPU path")
+    p.add_argument("--seq-length", type=int, default=8192)
+    p.set_defaults(fn=cmd_varlen)
     args = parser.parse_args(argv)
     return args.fn(args)
 
