@@ -211,3 +211,25 @@ def test_a_late_rank_is_told_apart_from_the_wire():
         assert split0[kind]["late_peer"] > 0.9 * delay, split0
         assert split0[kind]["wire"] < 0.25 * delay, split0
         assert split1[kind]["late_peer"] < 0.25 * delay, split1
+
+
+def test_packed_step_benchmark_writes_both_steps_and_their_ratios(tmp_path):
+    """benchmarks/packed_step.py: each repeat of both steps timed and measured, the ratios from
+    them, the documents of the packed step covering the sequence; bad sizes named by flag."""
+    from benchmarks.packed_step import document_lengths, main as packed_main
+    packed_main(TINY + ["--seq-length", "64", "--repeats", "2", "--output-dir", str(tmp_path),
+                        "--name", "packed"])
+    results = json.loads((tmp_path / "packed.json").read_text())
+    summary = results["summary"]
+    assert sum(document_lengths(64, 1234)) == 64 and summary["documents"] > 1
+    for mode in ("unpacked", "packed"):
+        assert len(summary["step_s"][mode]) == 2 and min(summary["step_s"][mode]) > 0
+        assert summary["peak_bytes"][mode] > 0
+    times = summary["step_s"]
+    ratios = [p / u for p, u in zip(times["packed"], times["unpacked"])]
+    assert summary["time_ratio_range"] == [min(ratios), max(ratios)]
+    assert summary["memory_ratio"] == summary["peak_bytes"]["packed"] / \
+        summary["peak_bytes"]["unpacked"]
+    assert "packed / unpacked" in (tmp_path / "packed.md").read_text()
+    with pytest.raises(ValueError, match="--seq-length"):
+        packed_main(TINY + ["--seq-length", "66", "--output-dir", str(tmp_path)])
