@@ -2,8 +2,53 @@
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
+
+# Megatron's own attention factor, so that its flags mean here what they mean there
+from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
+    _yarn_get_concentration_factor)
 
 from megatron_tsp.size_rules import refuse, shape_problem
+
+
+@dataclass(frozen=True)
+class YarnScaling:
+    """YaRN rotary scaling (Peng et al., 2023), each field the Megatron flag of its docstring
+    with Megatron's meaning and default (megatron/core/models/common/embeddings/
+    yarn_rotary_pos_embedding.py, YarnRotaryEmbedding)."""
+
+    factor: float = 1.0
+    """--rotary-scaling-factor: the context extension s; the frequencies that turn fewer than
+    beta_slow times over the original context are divided by s."""
+    original_max_position_embeddings: int = 4096
+    """--yarn-original-max-position-embeddings: the context the model was pretrained at."""
+    beta_fast: float = 32.0
+    """--yarn-beta-fast: frequencies turning more often than this over the original context
+    are kept as they are."""
+    beta_slow: float = 1.0
+    """--yarn-beta-slow: frequencies turning less often than this are fully interpolated (a
+    linear ramp lies between)."""
+    mscale: float = 1.0
+    """--mscale: cos and sin are multiplied by (0.1·mscale·ln s + 1) / (0.1·mscale_all_dim·ln s
+    + 1), the attention factor (1 when s <= 1)."""
+    mscale_all_dim: float = 0.0
+    """--mscale-all-dim: the denominator's coefficient of the attention factor."""
+    correction_range_round_to_int: bool = True
+    """--yarn-correction-range-round-to-int: the ramp's ends rounded outwards to whole
+    dimensions (transformers' `truncate`)."""
+
+    def __post_init__(self):
+        if not self.factor >= 1:
+            raise ValueError(f"--rotary-scaling-factor must be >= 1 for YaRN (it extends the "
+                             f"context), got {self.factor}")
+        if self.original_max_position_embeddings < 1:
+            raise ValueError("--yarn-original-max-position-embeddings must be a positive "
+                             f"integer, got {self.original_max_position_embeddings}")
+
+    @property
+    def attention_factor(self) -> float:
+        """What cos and sin are multiplied by: mscale(s, mscale) / mscale(s, mscale_all_dim)."""
+        return _yarn_get_concentration_factor(self.factor, self.mscale, self.mscale_all_dim)
 
 
 @dataclass
@@ -31,11 +76,14 @@ class Qwen3Config:
     rotary_base: float = 1_000_000.0
     """RoPE theta."""
     max_position_embeddings: int = 40960
-    """Longest sequence the positions are meant for."""
+    """Longest sequence the positions are meant for (131072 for Qwen3 with YaRN factor 4 over
+    its original 32768)."""
     init_method_std: float = 0.02
     """Std of the normal init; output projections use std / sqrt(2 * num_layers) like Megatron."""
     make_vocab_size_divisible_by: int = 128
     """Megatron's vocabulary padding unit; the padded size is a multiple of this times D."""
+    yarn: Optional[YarnScaling] = None
+    """YaRN rotary scaling (--position-embedding-type yarn); None: plain RoPE."""
 
     def __post_init__(self):
         refuse(shape_problem(self))
