@@ -106,7 +106,8 @@ def decode_step(model, tokens: torch.Tensor, position: int, cache: KVCache) -> t
     the tokens' keys/values are cached."""
     cfg = model.qwen3_config
     positions = torch.full((tokens.shape[0], 1), position, device=tokens.device)
-    cos, sin = rotary_cos_sin(positions, cfg.kv_channels, cfg.rotary_base)  # [1, b, 1, hd]
+    # [1, b, 1, hd]
+    cos, sin = rotary_cos_sin(positions, cfg.kv_channels, cfg.rotary_base, cfg.yarn)
     x = embed(model, tokens).unsqueeze(0)  # [1, b, h]
     for i, layer in enumerate(model.decoder.layers):
         x = x + _attention(layer.self_attention, layer.input_layernorm(x), cache, i, cos, sin)

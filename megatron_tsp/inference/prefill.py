@@ -96,7 +96,7 @@ def prefill(model, prompt: torch.Tensor, cache: KVCache) -> torch.Tensor:
     layer_of = {layer.self_attention: i for i, layer in enumerate(model.decoder.layers)}
 
     def cache_kv(attention, inputs):
-        x, cos, sin = inputs  # [s, b, h], [s, b, 1, hd]
+        x, cos, sin = inputs[:3]  # [s, b, h], [s, b, 1, hd]; then the documents (None)
         w_kv = _kv_weights(attention.linear_qkv.weight, runs)
         kv = (x @ w_kv.t()).view(*x.shape[:2], cfg.num_query_groups, 2, cfg.kv_channels)
         k = apply_rotary(rms_norm(kv[:, :, :, 0], attention.k_layernorm.weight,
@@ -107,7 +107,7 @@ def prefill(model, prompt: torch.Tensor, cache: KVCache) -> torch.Tensor:
     hooks = [attention.register_forward_pre_hook(cache_kv) for attention in layer_of]
     try:
         ids_local, positions_local = scatter_to_local(ids, 1), scatter_to_local(positions, 1)
-        cos, sin = rotary_cos_sin(positions_local, cfg.kv_channels, cfg.rotary_base)
+        cos, sin = rotary_cos_sin(positions_local, cfg.kv_channels, cfg.rotary_base, cfg.yarn)
         hidden = model.decoder(model.embedding(ids_local), cos, sin, None)  # [s, b, h], final-normed
     finally:
         for hook in hooks:

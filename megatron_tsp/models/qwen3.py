@@ -174,7 +174,7 @@ class TSPQwen3Model(MegatronModule):
         if attention_mask is not None:
             raise ValueError("TSPQwen3Model is causal by construction; pass attention_mask=None")
         cfg = self.qwen3_config
-        cos, sin = rotary_cos_sin(position_ids, cfg.kv_channels, cfg.rotary_base)
+        cos, sin = rotary_cos_sin(position_ids, cfg.kv_channels, cfg.rotary_base, cfg.yarn)
         hidden = self.embedding(input_ids) if self.pre_process else self._input_tensor
         hidden = self.decoder(hidden, cos, sin, documents)
         if not self.post_process:
