@@ -79,7 +79,7 @@ def test_both_rope_forms_are_read(rope):
     ({"rope_theta": None}, ["rope_theta", "c.json"]),
     ({"attention_bias": True}, ["attention_bias"]),
     ({"use_sliding_window": True}, ["use_sliding_window"]),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, ["rope_scaling"]),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 4.0}}, ["rope_scaling", "linear"]),
 ])
 def test_bad_configs_are_refused(change, words):
     d = {**HF_SHAPE, "model_type": "qwen3", "rope_theta": 1e6, **change}

@@ -192,11 +192,12 @@ def prepare_generate_args(args, argv: Iterable[str]) -> GenerateRun:
     if args.pipeline_model_parallel_size != 1:
         raise ValueError("--pipeline-model-parallel-size: generation runs one TSP group "
                          "(give 1)")
-    apply_shape(args, explicit_flags(argv), saved if args.use_checkpoint_args else None, None)
+    explicit = explicit_flags(argv)
+    apply_shape(args, explicit, saved if args.use_checkpoint_args else None, None)
     config = qwen3_config_from_args(
         args, getattr(saved, "tsp_vocab_size", None) or saved.padded_vocab_size)
     refuse(tsp_problem(config, args.tsp_size))
-    check_checkpoint_shape(args, saved)
+    check_checkpoint_shape(args, saved, explicit)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size != args.tsp_size:
         raise ValueError(f"--tsp-size ({args.tsp_size}) must equal the number of processes "

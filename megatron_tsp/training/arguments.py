@@ -8,6 +8,7 @@ is given, --tsp-size takes Megatron's tensor-parallel slot, and every size is va
 message naming the flag.
 """
 
+import argparse
 import hashlib
 import os
 import sys
@@ -19,7 +20,8 @@ import torch
 from megatron_tsp.layers.recompute import layer_recomputes
 from megatron_tsp.config import PRESETS, Qwen3Config, qwen3_preset
 from megatron_tsp.config_adapters import (
-    QWEN3_ARCHITECTURE_ARGS, SHAPE_FLAGS, UNTIE_FLAG, megatron_shape, qwen3_config_from_args)
+    POSITION_FLAG, QWEN3_ARCHITECTURE_ARGS, ROPE_FLAGS, SHAPE_FLAGS, UNTIE_FLAG, YARN_FLAGS,
+    megatron_shape, qwen3_config_from_args, yarn_from_args)
 from megatron_tsp.size_rules import group_problem, refuse, tsp_problem
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
 from megatron_tsp.training.launch_checks import (
@@ -27,9 +29,22 @@ from megatron_tsp.training.launch_checks import (
 
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 
-# flag -> Megatron dest of every flag a checkpoint's shape sets
+# flag -> Megatron dest of every flag a checkpoint's shape sets, its rotary embedding included
+# (Megatron's own --use-checkpoint-args leaves the YaRN flags out)
 _CHECKPOINT_SHAPE = {**{flag: dest for flag, (dest, _) in SHAPE_FLAGS.items()},
-                     UNTIE_FLAG: "untie_embeddings_and_output_weights"}
+                     UNTIE_FLAG: "untie_embeddings_and_output_weights", **ROPE_FLAGS}
+# Megatron's RoPE variants that TSP's rotary embedding does not have: flag -> (value that
+# leaves it off, why)
+_UNSUPPORTED_ROPE_FLAGS = {
+    "--rotary-percent": (1.0, "TSP rotates the whole head, as Qwen3 does"),
+    "--rotary-interleaved": (False, "TSP rotates the two halves of every head, as Qwen3 does"),
+    "--use-rope-scaling": (False, "it is Llama 3.x's scaling; Qwen3 extends its context with "
+                                  f"{POSITION_FLAG} yarn"),
+    "--rope-scaling-factor": (8.0, "it is Llama 3.x's (--use-rope-scaling); YaRN's is "
+                                   "--rotary-scaling-factor"),
+    "--rotary-seq-len-interpolation-factor": (None, f"use {POSITION_FLAG} yarn"),
+    "--no-rope-freq": (None, "every Qwen3 layer applies RoPE"),
+}
 # flag -> (dest, value) defaults that differ from Megatron's
 _QWEN3_DEFAULTS = {"--attention-dropout": ("attention_dropout", 0.0),
                    "--hidden-dropout": ("hidden_dropout", 0.0)}
@@ -114,7 +129,9 @@ def parse_tsp_args(argv: Iterable[str], program: str = "pretrain_qwen3.py"):
 
 
 def explicit_flags(argv: Iterable[str]) -> Set[str]:
-    return {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    """The flags given, a negated YaRN flag under its positive name."""
+    flags = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    return {flag.replace("--no-yarn-", "--yarn-") for flag in flags}
 
 
 def _reject_replaced_parallelism(args) -> None:
@@ -170,6 +187,7 @@ def _shape_source(args, saved, config: Optional[Qwen3Config]) -> Dict[str, objec
         if saved is None:
             raise ValueError(f"--use-checkpoint-args needs a checkpoint in --load, got "
                              f"{args.load}")
+        saved = _with_yarn_defaults(saved)
         missing = [dest for dest in [*_CHECKPOINT_SHAPE.values(), "vocab_size"]
                    if not hasattr(saved, dest)]
         if missing:
@@ -184,8 +202,12 @@ def _shape_source(args, saved, config: Optional[Qwen3Config]) -> Dict[str, objec
 
 def apply_shape(args, explicit: Set[str], saved, config: Optional[Qwen3Config]) -> None:
     shape = _shape_source(args, saved, config)
+    if POSITION_FLAG in explicit and args.position_embedding_type == "rope":
+        # plain RoPE asked for: a YaRN checkpoint's settings would be ignored (and refused)
+        shape = {dest: value for dest, value in shape.items()
+                 if dest not in {yarn_dest for yarn_dest, _ in YARN_FLAGS.values()}}
     for flag, dest in _CHECKPOINT_SHAPE.items():
-        if flag not in explicit:
+        if flag not in explicit and dest in shape:
             setattr(args, dest, shape[dest])
     for dest, value in QWEN3_ARCHITECTURE_ARGS.items():
         setattr(args, dest, value)
@@ -198,6 +220,38 @@ def apply_shape(args, explicit: Set[str], saved, config: Optional[Qwen3Config]) 
         args.eval_interval = 1000
     if "--vocab-size" not in explicit and args.vocab_size is None:
         args.vocab_size = shape["vocab_size"]
+    check_rope_flags(args)
+
+
+def check_rope_flags(args) -> None:
+    """Megatron's RoPE flags TSP cannot honour (the position embedding and the YaRN flags are
+    checked where they are read: yarn_from_args)."""
+    for flag, (off, why) in _UNSUPPORTED_ROPE_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value != off:
+            raise ValueError(f"{flag} {value} is not supported: {why}")
+    if args.use_rotary_position_embeddings and args.position_embedding_type != "rope":
+        raise ValueError("--use-rotary-position-embeddings makes Megatron replace "
+                         f"{POSITION_FLAG} {args.position_embedding_type} with rope; leave it out")
+
+
+def _check_checkpoint_rope(args, saved, explicit: Set[str]) -> None:
+    """A checkpoint's rotary embedding is kept unless a flag changes it: a resumed YaRN run does
+    not fall back to plain RoPE (nor the reverse) because its flags were left out."""
+    if explicit & ROPE_FLAGS.keys() or not hasattr(saved, "position_embedding_type"):
+        return
+    ours, theirs = yarn_from_args(args), yarn_from_args(_with_yarn_defaults(saved))
+    if ours != theirs:
+        raise ValueError(f"{POSITION_FLAG}: the checkpoint in --load {args.load} has "
+                         f"{theirs or 'rope'}, the arguments give {ours or 'rope'}; give "
+                         "--use-checkpoint-args, or the rotary flags to change it")
+
+
+def _with_yarn_defaults(saved):
+    """A checkpoint's args with Megatron's defaults (None) for the YaRN flags it does not
+    record (a Megatron older than them)."""
+    return argparse.Namespace(**{**{dest: None for dest, _ in YARN_FLAGS.values()},
+                                 **vars(saved)})
 
 
 def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
@@ -259,9 +313,10 @@ def _check_data_paths(args) -> None:
         check_split_documents(entry, sequences, args.split or _MEGATRON_DEFAULT_SPLIT)
 
 
-def check_checkpoint_shape(args, saved) -> None:
+def check_checkpoint_shape(args, saved, explicit: Set[str]) -> None:
     """A checkpoint to resume must be whole and have the shape the arguments describe (`saved`:
-    its args when --use-checkpoint-args has read them already)."""
+    its args when --use-checkpoint-args has read them already), and the rotary embedding
+    unless a flag changes it."""
     if saved is None:
         saved = whole_checkpoint_args(args)
     if saved is None:
@@ -277,6 +332,7 @@ def check_checkpoint_shape(args, saved) -> None:
         raise ValueError(f"--untie-embeddings-and-output-weights: the checkpoint in --load "
                          f"{args.load} has {saved.untie_embeddings_and_output_weights}, the "
                          f"arguments give {args.untie_embeddings_and_output_weights}")
+    _check_checkpoint_rope(args, saved, explicit)
 
 
 def embedded_dataset_prefix() -> Path:
@@ -327,4 +383,4 @@ def prepare_args(args, argv: Iterable[str], config: Optional[Qwen3Config] = None
     # TSP attention is causal by construction: Megatron's dataset would build an S x S mask per
     # sample, move it to the device and broadcast it to every TSP rank, for nothing
     args.create_attention_mask_in_dataloader = False
-    check_checkpoint_shape(args, saved)
+    check_checkpoint_shape(args, saved, explicit)
