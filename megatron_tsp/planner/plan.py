@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from megatron_tsp.config import Qwen3Config, qwen3_preset
-from megatron_tsp.config_adapters import UNTIE_FLAG
+from megatron_tsp.config_adapters import UNTIE_FLAG, add_rope_arguments, yarn_from_args
 from megatron_tsp.planner.transfers import RECOMPUTE, Layout, transfer_bytes
 from megatron_tsp.planner.flops import hardware_flops_per_token
 from megatron_tsp.planner.inference import generation_line
@@ -174,6 +174,7 @@ def format_table(rows: List[Plan]) -> str:
 def main(argv: Optional[List[str]] = None) -> List[Plan]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_shape_arguments(parser)
+    add_rope_arguments(parser)  # YaRN changes no byte: accepted and carried in the config
     parser.add_argument("--seq-length", type=int, required=True)
     parser.add_argument("--gpus", type=int, required=True, help="GPUs of one node")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
@@ -190,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
         raise ValueError(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
     if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
         raise ValueError(f"--memory-budget-gb must be positive, got {args.memory_budget_gb}")
-    cfg = model_config_from_args(args)
+    cfg = model_config_from_args(args).replace(yarn=yarn_from_args(args))
     refuse(positions_problem(cfg, args.seq_length))
     budget = args.memory_budget_gb * GB if args.memory_budget_gb else None
     rows = plans(cfg, args.seq_length, args.gpus, args.gpu, args.micro_batch_size, args.dtype,
