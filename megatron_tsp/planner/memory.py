@@ -17,6 +17,7 @@ L layers, V vocabulary (Vp padded), e bytes per activation element, t tensor-par
 """
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from megatron_tsp.layers.recompute import NONE, Recompute
 from megatron_tsp.config import Qwen3Config
@@ -140,13 +141,13 @@ def tsp_layer_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
 
 
 def tsp_activation_bytes(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
-                         recompute: Recompute = NONE) -> int:
-    """TSP keeps per layer its two norms' tensors on the S/D local tokens and what the recompute
-    mode keeps (tsp_layer_bytes); globally the final norm, fp32 RoPE cos/sin, the loss's fp32
-    log-sum-exp and the local ids and labels."""
+                         layers: Sequence[Recompute]) -> int:
+    """TSP keeps per layer its two norms' tensors on the S/D local tokens and what the layer's
+    recompute choice in `layers` keeps (tsp_layer_bytes); globally the final norm, fp32 RoPE
+    cos/sin, the loss's fp32 log-sum-exp and the local ids and labels."""
     s, h = S // D * b, cfg.hidden_size
     return ((2 * cfg.num_layers + 1) * _tsp_norm_bytes(s, h, e)
-            + cfg.num_layers * tsp_layer_bytes(cfg, S, b, D, e, recompute)
+            + sum(tsp_layer_bytes(cfg, S, b, D, e, recompute) for recompute in layers)
             + s * (2 * cfg.kv_channels * FP32 + FP32 + 2 * INT64))
 
 
@@ -228,7 +229,10 @@ def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
     in flight: none on NCCL/RCCL (the default); one on gloo, the CPU runs' backend (all-gather
     and reduce-scatter stage through a buffer of the full size).
 
-    TSP keeps what its recompute mode says (tsp_layer_bytes). Megatron's full recompute of the
+    TSP keeps what each layer's recompute choice says (tsp_layer_bytes); its transient is the
+    last layer's, whose backward runs first, while every other layer's kept tensors are alive
+    (Megatron's block method recomputes the first layers, which run backward once the later
+    layers have freed more than a recomputed layer rebuilds). Megatron's full recompute of the
     other layouts (one layer per checkpoint; planner only, not benchmarked) keeps each layer's
     input, and the layer being recomputed holds its full activations for a moment (added to
     the transient)."""
@@ -237,9 +241,9 @@ def memory_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
     L, t, C, h = cfg.num_layers, layout.tp, layout.cp, cfg.hidden_size
     rows = vocab_rows(cfg, layout) // t
     if layout.scheme == "tsp":
-        act = tsp_activation_bytes(cfg, S, b, t, e, layout.recomputes)
-        transient = max(tsp_transient_bytes(cfg, S, b, t, e, layout.recomputes,
-                                            collective_copies),
+        layers = layout.layer_recomputes(L)
+        act = tsp_activation_bytes(cfg, S, b, t, e, layers)
+        transient = max(tsp_transient_bytes(cfg, S, b, t, e, layers[-1], collective_copies),
                         table_gradient_bytes(cfg, rows) - act)
         return MemoryEstimate(params, grads, optimizer, act, transient)
     if layout.scheme == "cp":

@@ -2,30 +2,36 @@
 
     python -m megatron_tsp.planner --model-size 8b --seq-length 131072 \\
         --max-position-embeddings 131072 --gpus 8 --gpu h100 \\
-        [--micro-batch-size 1 --dtype bf16 --distributed-optimizer]
+        [--micro-batch-size 1 --dtype bf16 --distributed-optimizer] [recompute flags]
 
 For every layout of `--gpus` GPUs (a model-parallel group of D GPUs, data parallel over the
-rest) and every recompute mode (TSP's of layers/recompute.py; Megatron's none or full) it
-predicts the per-GPU memory (megatron_tsp.planner.memory: params, grads, optimizer state, kept
-activations, transient buffers; a GPU flash attention kernel), the bytes each GPU sends and
-receives per step (megatron_tsp.planner.transfers, the same formulas the benchmark's counters
-confirm byte for byte) and the FLOPs it computes (megatron_tsp.planner.flops, recompute
-included). It recommends, among the layouts that fit in 90% of the GPU's memory (the rest is
-left to the CUDA context, NCCL and allocator fragmentation) or of --memory-budget-gb, the
+rest) and every recompute mode (TSP's of layers/recompute.py; Megatron's none or full), or only
+the one the launcher's recompute flags choose when any is given (Megatron's
+--recompute-granularity, --recompute-method, --recompute-num-layers, --recompute-modules,
+--recompute-activations and TSP's --tsp-recompute-activations, read by the TSP layers' own
+layer_recomputes), it predicts the per-GPU memory (megatron_tsp.planner.memory: params, grads,
+optimizer state, kept activations, transient buffers; a GPU flash attention kernel), the bytes
+each GPU sends and receives per step (megatron_tsp.planner.transfers, the same formulas the
+benchmark's counters confirm byte for byte) and the FLOPs it computes (megatron_tsp.planner.flops,
+recompute included). It recommends, among the layouts that fit in 90% of the GPU's memory (the
+rest is left to the CUDA context, NCCL and allocator fragmentation) or of --memory-budget-gb, the
 fastest: compute time at the GPU's peak plus communication time (max(sent, received) over the
 link bandwidth), per sequence the whole job processes per step (dp x micro-batch). Overlap,
 kernel efficiency and latency are ignored: it ranks layouts, it does not predict step time.
 TSP's layouts obey the launcher's size rules (size_rules.py): it never plans what
-pretrain_qwen3.py refuses.
+pretrain_qwen3.py refuses; pretrain_qwen3.py refuses a launch whose plan does not fit
+(training/memory_check.py).
 """
 
 import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import List, Optional
+from types import SimpleNamespace
+from typing import List, Optional, Tuple
 
 from megatron_tsp.config import Qwen3Config, qwen3_preset
 from megatron_tsp.config_adapters import UNTIE_FLAG, add_rope_arguments, yarn_from_args
+from megatron_tsp.layers.recompute import SUPPORTED_MODULES, Recompute, layer_recomputes
 from megatron_tsp.planner.transfers import RECOMPUTE, Layout, transfer_bytes
 from megatron_tsp.planner.flops import hardware_flops_per_token
 from megatron_tsp.planner.inference import generation_line
@@ -101,6 +107,59 @@ def model_config_from_args(args: argparse.Namespace) -> Qwen3Config:
         else cfg
 
 
+def add_recompute_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launcher's recompute flags, with Megatron's names and meanings."""
+    parser.add_argument("--recompute-granularity", choices=["full", "selective"])
+    parser.add_argument("--recompute-method", choices=["uniform", "block"])
+    parser.add_argument("--recompute-num-layers", type=int)
+    parser.add_argument("--recompute-modules", nargs="+", metavar="MODULE",
+                        help=f"with selective: {' '.join(SUPPORTED_MODULES)}")
+    parser.add_argument("--recompute-activations", action="store_true",
+                        help="Megatron's --recompute-granularity selective")
+    parser.add_argument("--tsp-recompute-activations", action="store_true")
+
+
+def recompute_given(args) -> bool:
+    """Whether `args` (the planner's or the launcher's) hold any recompute flag."""
+    return any(getattr(args, dest, None) for dest in (
+        "recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules",
+        "recompute_activations", "tsp_recompute_activations"))
+
+
+def flag_recomputes(args, num_layers: int) -> Tuple[Recompute, ...]:
+    """Each layer's choice under the recompute flags in `args` (the planner's or the launcher's
+    Megatron args: the same names), by the TSP layers' own layer_recomputes. Megatron's
+    --recompute-activations is its selective granularity (validate_args sets it, after the
+    launcher's checks have run)."""
+    granularity = ("selective" if getattr(args, "recompute_activations", False)
+                   else args.recompute_granularity)
+    choice = SimpleNamespace(recompute_granularity=granularity,
+                             recompute_method=args.recompute_method,
+                             recompute_num_layers=args.recompute_num_layers,
+                             recompute_modules=args.recompute_modules)
+    return tuple(layer_recomputes(choice, num_layers, args.tsp_recompute_activations))
+
+
+def _choice_name(args) -> str:
+    """A layout name for a choice that is no single mode (made only with a granularity)."""
+    if args.recompute_granularity == "full":
+        name = f"full-{args.recompute_method}{args.recompute_num_layers}"
+    else:
+        modules = args.recompute_modules or ["core_attn"]
+        name = "selective" + ("" if modules == ["core_attn"] else "-" + "-".join(modules))
+    return name + ("+activations" if args.tsp_recompute_activations else "")
+
+
+def tsp_layout(tsp_size: int, dp: int, args, num_layers: int) -> Layout:
+    """TSP at `tsp_size` x `dp` data-parallel replicas in the recompute choice of the flags in
+    `args`: a RECOMPUTE mode when every layer makes the same one, else per layer."""
+    layers = flag_recomputes(args, num_layers)
+    mode = next((mode for mode, choice in RECOMPUTE.items() if set(layers) == {choice}), None)
+    if mode is not None:
+        return Layout("tsp", tp=tsp_size, dp=dp, recompute=mode)
+    return Layout("tsp", tp=tsp_size, dp=dp, recompute=_choice_name(args), layers=layers)
+
+
 def unsupported(layout: Layout, cfg: Qwen3Config, S: int,
                 flags: Flags = LAUNCHER) -> Optional[str]:
     """Why a layout cannot run this model and sequence (None when it can): TSP and one device
@@ -117,9 +176,10 @@ def _modes(scheme: str) -> List[str]:
     return {"tsp": list(RECOMPUTE), "cp": ["none"]}.get(scheme, ["none", "full"])
 
 
-def candidate_layouts(gpus: int) -> List[Layout]:
+def candidate_layouts(gpus: int, flags=None, num_layers: int = 0) -> List[Layout]:
     """Every scheme at every group size D dividing `gpus` (data parallel over gpus / D), in
-    every recompute mode."""
+    every recompute mode; with `flags` (args holding recompute flags) TSP in the choice they
+    make for `num_layers` layers, the other schemes only where it is one of their modes."""
     out = [Layout("single", dp=gpus)]
     for D in range(2, gpus + 1):
         if gpus % D:
@@ -128,7 +188,12 @@ def candidate_layouts(gpus: int) -> List[Layout]:
         out += [Layout("tsp", tp=D, dp=dp), Layout("tp", tp=D, dp=dp),
                 Layout("tp-sp", tp=D, dp=dp), Layout("cp", cp=D, dp=dp)]
         out += [Layout("tp-cp", tp=T, cp=D // T, dp=dp) for T in range(2, D) if D % T == 0]
-    return [Layout(x.scheme, x.tp, x.cp, x.dp, mode) for x in out for mode in _modes(x.scheme)]
+    if flags is None:
+        return [dataclasses.replace(x, recompute=mode) for x in out for mode in _modes(x.scheme)]
+    mode = tsp_layout(1, 1, flags, num_layers).recompute
+    return [tsp_layout(x.tp, x.dp, flags, num_layers) if x.scheme == "tsp"
+            else dataclasses.replace(x, recompute=mode)
+            for x in out if x.scheme == "tsp" or mode in _modes(x.scheme)]
 
 
 def plan(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int, gpu: GPUSpec,
@@ -146,13 +211,15 @@ def plan(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int, gpu: GPUSpec,
 
 def plans(cfg: Qwen3Config, S: int, gpus: int, gpu: str, b: int = 1, dtype: str = "bf16",
           distributed_optimizer: bool = False,
-          memory_budget_bytes: Optional[float] = None) -> List[Plan]:
-    """Every supported layout and recompute mode, best first: those that fit (90% of the GPU's
+          memory_budget_bytes: Optional[float] = None, recompute_flags=None) -> List[Plan]:
+    """Every supported layout and recompute mode (or the one `recompute_flags` choose: args
+    holding the launcher's recompute flags), best first: those that fit (90% of the GPU's
     memory, or the budget given) by estimated time per sequence."""
     spec, e = GPUS[gpu], DTYPE_BYTES[dtype]
     budget = memory_budget_bytes or USABLE_MEMORY_FRACTION * spec.memory_bytes
     out = [plan(layout, cfg, S, b, e, spec, distributed_optimizer, budget)
-           for layout in candidate_layouts(gpus) if unsupported(layout, cfg, S) is None]
+           for layout in candidate_layouts(gpus, recompute_flags, cfg.num_layers)
+           if unsupported(layout, cfg, S) is None]
     return sorted(out, key=lambda p: (not p.fits, p.time_s_per_sequence, p.memory.total))
 
 
@@ -184,6 +251,7 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
     parser.add_argument("--memory-budget-gb", type=float,
                         help="per-GPU memory a plan may use (GB = 1e9 bytes); by default 90%% "
                              "of the GPU's")
+    add_recompute_arguments(parser)
     args = parser.parse_args(argv)
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
@@ -194,12 +262,15 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
     cfg = model_config_from_args(args).replace(yarn=yarn_from_args(args))
     refuse(positions_problem(cfg, args.seq_length))
     budget = args.memory_budget_gb * GB if args.memory_budget_gb else None
+    flags = args if recompute_given(args) else None
     rows = plans(cfg, args.seq_length, args.gpus, args.gpu, args.micro_batch_size, args.dtype,
-                 args.distributed_optimizer, budget)
+                 args.distributed_optimizer, budget, flags)
     spec = GPUS[args.gpu]
+    chosen = (f"; recompute {tsp_layout(1, 1, args, cfg.num_layers).recompute} (the flags'"
+              "; layouts without it left out)" if flags else "")
     print(f"{args.gpus} x {args.gpu} ({spec.memory_bytes / GIB:.0f} GiB, {spec.link}); "
           f"{args.seq_length} tokens x micro-batch {args.micro_batch_size}, {args.dtype}"
-          f"; GB = 1e9 bytes, per GPU; +MODE: what backward recomputes\n")
+          f"; GB = 1e9 bytes, per GPU; +MODE: what backward recomputes{chosen}\n")
     print(format_table(rows))
     best = next((p for p in rows if p.fits), None)
     print("\nrecommended: " + (f"{best.layout.name} ({best.memory.total / GB:.1f} GB per GPU, "

@@ -16,9 +16,9 @@ gradients, travelling accumulators and loss statistics are fp32 (4 bytes) whatev
 """
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
-from megatron_tsp.layers.recompute import MODES, NONE, Recompute, mode_recompute
+from megatron_tsp.layers.recompute import MODES, Recompute, mode_recompute
 from megatron_tsp.config import Qwen3Config
 from megatron_tsp.transfer_kinds import (
     ATTN_KV, ATTN_WEIGHTS, CP_KV, CP_WEIGHT_GRADS, DP_GRADS, LOSS, MLP_WEIGHTS,
@@ -42,21 +42,32 @@ class Layout:
     cp: int = 1
     dp: int = 1
     recompute: str = "none"
-    """What backward recomputes: for tsp one of RECOMPUTE (layers/recompute.py), for Megatron's
-    layouts "none" or "full" (Megatron's full recompute, one layer per checkpoint)."""
+    """What backward recomputes: for tsp one of RECOMPUTE (layers/recompute.py), or with `layers`
+    the name of the flags that chose them; for Megatron's layouts "none" or "full" (Megatron's
+    full recompute, one layer per checkpoint)."""
+    layers: Tuple[Recompute, ...] = ()
+    """tsp: each layer's choice where Megatron's flags make one that is not a RECOMPUTE mode for
+    every layer (layer_recomputes of --recompute-method block, --recompute-modules mlp, ...);
+    empty: RECOMPUTE[recompute] for every layer."""
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {self.scheme!r}; choose from {SCHEMES}")
+        if self.layers and self.scheme != "tsp":
+            raise ValueError(f"per-layer recompute choices are TSP's, not {self.scheme}'s")
         modes = tuple(RECOMPUTE) if self.scheme == "tsp" else ("none", "full")
-        if self.recompute not in modes:
+        if self.recompute not in modes and not self.layers:
             raise ValueError(f"recompute {self.recompute!r} is not one of {modes} for "
                              f"{self.scheme}")
 
-    @property
-    def recomputes(self) -> Recompute:
-        """TSP's choice for every layer."""
-        return RECOMPUTE[self.recompute]
+    def layer_recomputes(self, num_layers: int) -> Tuple[Recompute, ...]:
+        """TSP's choice for each of the model's `num_layers` layers."""
+        if not self.layers:
+            return (RECOMPUTE[self.recompute],) * num_layers
+        if len(self.layers) != num_layers:
+            raise ValueError(f"{self.name}: {len(self.layers)} per-layer recompute choices for "
+                             f"a model of {num_layers} layers")
+        return self.layers
 
     @property
     def group_size(self) -> int:
@@ -114,9 +125,10 @@ def _add(out: Transfers, kind: str, sent: int, received: int) -> None:
 
 
 def tsp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
-                  recompute: Recompute = NONE) -> Transfers:
+                  layers: Sequence[Recompute] = ()) -> Transfers:
     """TSP: weights travel (attention broadcast, MLP and vocabulary rings), plus the kv heads of
-    the local tokens; forward and backward each move every shard once (docs/design.md)."""
+    the local tokens; forward and backward each move every shard once (docs/design.md).
+    `layers`: each layer's recompute choice (empty: none recomputes)."""
     L, h, out = cfg.num_layers, cfg.hidden_size, {}
     if D == 1:
         return out
@@ -125,7 +137,7 @@ def tsp_transfers(cfg: Qwen3Config, S: int, b: int, D: int, e: int,
     _add(out, ATTN_WEIGHTS, 2 * L * e * wa, 2 * L * e * wa * (D - 1))
     _add(out, grad_kind(ATTN_WEIGHTS), L * FP32 * wa * (D - 1), L * FP32 * wa * (D - 1))
     # gathered again in backward when the core is recomputed
-    gathers = L * (2 if recompute.core_attn or recompute.qkv else 1)
+    gathers = L + sum(1 for r in layers if r.core_attn or r.qkv)
     _add(out, ATTN_KV, gathers * kv, gathers * kv * (D - 1))
     _add(out, grad_kind(ATTN_KV), L * kv * (D - 1), L * kv * (D - 1))
     _add(out, MLP_WEIGHTS, 2 * L * e * wm * (D - 1), 2 * L * e * wm * (D - 1))
@@ -231,7 +243,8 @@ def transfer_bytes(layout: Layout, cfg: Qwen3Config, S: int, b: int, e: int,
     """All transfers of one step of `layout`, per rank, by kind."""
     formulas = {
         "single": lambda: {},
-        "tsp": lambda: tsp_transfers(cfg, S, b, layout.tp, e, layout.recomputes),
+        "tsp": lambda: tsp_transfers(cfg, S, b, layout.tp, e,
+                                     layout.layer_recomputes(cfg.num_layers)),
         "tp": lambda: tp_transfers(cfg, S, b, layout.tp, e),
         "tp-sp": lambda: tp_sp_transfers(cfg, S, b, layout.tp, e),
         "cp": lambda: cp_transfers(cfg, S, b, layout.cp, e),
