@@ -26,6 +26,7 @@ from megatron_tsp.training.data import (  # noqa: E402
     prepare_embedded_data, train_valid_test_datasets_provider)
 from megatron_tsp.training import flag_errors, nonfinite  # noqa: E402
 from megatron_tsp.training.launch_checks import check_required  # noqa: E402
+from megatron_tsp.training.memory_check import check_launch_memory  # noqa: E402
 from megatron_tsp.training.step import forward_step, model_provider  # noqa: E402
 from megatron_tsp.training.orphans import exit_with_parent  # noqa: E402
 
@@ -45,6 +46,7 @@ def main(argv=None):
     try:
         prepare_args(args, argv)
         check_required(args)
+        check_launch_memory(args)  # before the data, Megatron's checks and the model
     except ValueError as error:
         _usage_error(str(error))
     prepare_embedded_data(args)

@@ -108,6 +108,9 @@ def add_tsp_arguments(parser):
                        help="recompute the element-wise parts in backward (q/k RMSNorm and RoPE, "
                             "the SwiGLU activation) and keep only GEMM outputs; combines with "
                             "Megatron's --recompute-granularity / --recompute-modules")
+    group.add_argument("--no-memory-check", action="store_true",
+                       help="launch even if the planner predicts a peak per GPU over 90%% of "
+                            "the device's memory (training/memory_check.py)")
     group.add_argument("--max-consecutive-nonfinite-iterations", type=int, default=5,
                        help="an iteration whose loss or gradients hold NaN/Inf is skipped, logged "
                             "and counted; this many in a row stop the job (1: stop at the first). "
