@@ -102,3 +102,19 @@ def test_a_script_whose_flags_do_not_fit_fails(tmp_path, stand_ins, monkeypatch)
     args = prepared_args(printed_flags(script, stand_ins, arguments))
     with pytest.raises(ValueError, match="--recompute-granularity full"):
         check_memory(args, GPUS[kind].memory_bytes, kind)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_the_prediction_takes_the_checkpoints_shape(stand_ins, monkeypatch):
+    """With --use-checkpoint-args the memory check predicts the imported model (Qwen3-8B), not
+    the --model-size preset (tiny by default)."""
+    from megatron_tsp.config import qwen3_preset
+    from megatron_tsp.planner.memory import memory_bytes
+    from megatron_tsp.planner.transfers import Layout
+    from megatron_tsp.training.memory_check import predicted_memory
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    args = prepared_args(["--load", stand_ins["CKPT"], "--use-checkpoint-args", "--tsp-size", "8",
+                          "--seq-length", "8192", "--bf16", "--mock-data", "--micro-batch-size",
+                          "1", "--train-iters", "10", "--lr", "1e-4"])
+    expected = memory_bytes(Layout("tsp", tp=8), qwen3_preset("8b"), 8192, 1, 2)
+    assert predicted_memory(args) == expected
