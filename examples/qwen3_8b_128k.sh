@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 : "${HF:?set HF to a downloaded Hugging Face Qwen3-8B directory (config.json, safetensors, tokenizer)}"
 : "${DATA:?set DATA to a --data-path prefix (tools/preprocess_data.py writes one)}"
 CKPT="${CKPT:-checkpoints/qwen3-8b-imported}"
-SAVE="${SAVE:-checkpoints/qwen3-8b-128k}"
+export SAVE="${SAVE:-checkpoints/qwen3-8b-128k}"  # under SLURM, the TensorBoard logs go here too
 LOAD="$CKPT"
 if [ -f "$SAVE/latest_checkpointed_iteration.txt" ]; then
     LOAD="$SAVE"
