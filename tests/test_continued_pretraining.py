@@ -3,7 +3,7 @@ tools/convert_checkpoint.py, trained on with pretrain_qwen3.py --load at --tsp-s
 exported back, and read by transformers. Every sample of the dataset is the same sequence, so the
 loss Megatron logs at an iteration is transformers' loss on that sequence with the weights of
 that moment. The model's shape and vocabulary come from the imported checkpoint
-(--use-checkpoint-args)."""
+(--use-checkpoint-args), its table larger than the tokenizer as a released Qwen3's."""
 
 import re
 
@@ -42,13 +42,16 @@ def test_import_train_export_keeps_transformers_loss(tmp_path):
     model.save_pretrained(tmp_path / "hf")
     convert("import-hf", "--hf-path", tmp_path / "hf", "--save", tmp_path / "imported",
             "--dtype", "fp32")
-    pattern = torch.randint(0, HF_SHAPE["vocab_size"], (SEQ,),
-                            generator=torch.Generator().manual_seed(3))
+    # a tokenizer smaller than the model's table, as a released Qwen3's (151,669 tokens for
+    # 151,936 rows): every row is still scored, as transformers scores them
+    tokenizer_size = HF_SHAPE["vocab_size"] - 12
+    pattern = torch.randint(0, tokenizer_size, (SEQ,), generator=torch.Generator().manual_seed(3))
     _repeated_dataset(tmp_path / "repeated", pattern)
     sample = torch.cat([pattern, pattern[:1]])
     code, losses, log = run_pretrain(
         2, ["--tsp-size", "2", "--load", tmp_path / "imported", "--data-path",
             tmp_path / "repeated", "--split", "50,50,0", "--tokenizer-type", "NullTokenizer",
+            "--vocab-size", tokenizer_size,
             "--use-checkpoint-args", "--seq-length", SEQ,
             "--micro-batch-size", "1", "--global-batch-size", "1", "--train-iters", "4",
             "--lr", "1e-3", "--lr-decay-style", "constant", "--log-interval", "1",

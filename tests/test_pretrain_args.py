@@ -70,21 +70,23 @@ def test_entry_point_exits_fast_and_leaves_checkpoint_untouched(tmp_path, argv, 
     assert _digest(checkpoint) == before
 
 
-def test_another_vocabulary_is_refused_with_and_without_finetune(tmp_path):
-    """--finetune (and --pretrained-checkpoint, which implies it) resets the iteration and the
-    optimizer only: a tokenizer of another size is refused as it is without it. Megatron loads
-    vocabulary tables across paddings, so a smaller tokenizer would otherwise train on with the
-    checkpoint's last rows masked (issue 10, defect 7). The --finetune launch runs for real; the
-    three ways of naming the checkpoint go through the same check, at model build."""
+def test_a_checkpoints_vocabulary_is_kept_and_a_larger_tokenizer_refused(tmp_path):
+    """A loaded checkpoint's vocabulary is the model's whatever the tokenizer's size (a released
+    Qwen3 has 151,936 rows for a 151,669-token tokenizer, and transformers scores every row), with
+    and without --finetune (and --pretrained-checkpoint, which implies it): Megatron loads
+    vocabulary tables across paddings, so the tokenizer would otherwise decide silently how many
+    rows are scored (issue 10, defect 7). A tokenizer with more entries than the checkpoint has
+    rows is refused. The --finetune launch runs for real; the three ways of naming the
+    checkpoint go through the same check, at model build."""
     import argparse
-    from megatron_tsp.training.step import _check_checkpoint_vocabulary
+    from megatron_tsp.training.step import model_vocabulary
     from tests.pretrain_runner import MOCK_RUN, run_pretrain
     checkpoint, cache = tmp_path / "ckpt", tmp_path / "cache"
     code, _, output = run_pretrain(1, [*MOCK_RUN, "--train-iters", "1", "--save", checkpoint,
                                        "--save-interval", "1"], cache)
     assert code == 0, output[-3000:]
     code, losses, output = run_pretrain(1, [*MOCK_RUN, "--train-iters", "2", "--vocab-size",
-                                            "4000", "--load", checkpoint, "--finetune"], cache)
+                                            "5000", "--load", checkpoint, "--finetune"], cache)
     assert code != 0 and not losses, (losses, output[-3000:])
     assert "the checkpoint's vocabulary has" in output, output[-3000:]
     saved = 4096  # the tiny preset's vocabulary, which MOCK_RUN's NullTokenizer keeps
@@ -96,7 +98,10 @@ def test_another_vocabulary_is_refused_with_and_without_finetune(tmp_path):
         args = argparse.Namespace(load=str(load), finetune=finetune,
                                   pretrained_checkpoint=pretrained and str(pretrained))
         expected = (f"{flag} {checkpoint}: the checkpoint's vocabulary has {saved} entries, "
-                    "the tokenizer has 4000")
+                    "the tokenizer has 5000")
         with pytest.raises(ValueError, match="^" + re.escape(expected)):
-            _check_checkpoint_vocabulary(args, 4000)
-        _check_checkpoint_vocabulary(args, saved)
+            model_vocabulary(args, 5000)
+        assert model_vocabulary(args, saved) == saved
+        assert model_vocabulary(args, 4000) == saved
+    without = argparse.Namespace(load=str(empty), finetune=False, pretrained_checkpoint=None)
+    assert model_vocabulary(without, 4000) == 4000

@@ -27,8 +27,7 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     """The TSP Qwen3 model of this pipeline stage, initialised from --seed whatever D is."""
     args = get_args()
     config = config or core_transformer_config_from_args(args)
-    vocab_size = get_tokenizer().vocab_size
-    _check_checkpoint_vocabulary(args, vocab_size)
+    vocab_size = model_vocabulary(args, get_tokenizer().vocab_size)
     args.tsp_vocab_size = vocab_size  # saved with the checkpoint: the unpadded vocabulary
     model = TSPQwen3Model(qwen3_config_from_args(args, vocab_size), config,
                           pre_process=pre_process, post_process=post_process,
@@ -38,21 +37,28 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     return model
 
 
-def _check_checkpoint_vocabulary(args, vocab_size: int) -> None:
-    """Megatron loads vocabulary tables across paddings, so a different tokenizer would load
-    silently: refuse it. --finetune resets only the iteration and the optimizer, so it is
-    checked too, and so is --pretrained-checkpoint, which Megatron loads (as a finetune) when
-    --load holds no checkpoint."""
+def model_vocabulary(args, tokenizer_size: int) -> int:
+    """The vocabulary the model is built with: the tokenizer's, or that of the checkpoint it
+    loads. A released model's table may be larger than its tokenizer (Qwen3: 151,936 rows for
+    151,669 tokens) and transformers scores every row, so the checkpoint's rows are all kept; a
+    tokenizer larger than the table is refused (its ids past the table have no row). Megatron
+    loads vocabulary tables across paddings, so the tokenizer's size would otherwise decide
+    silently how many of the checkpoint's rows are scored. --finetune resets only the iteration
+    and the optimizer, so it is checked too, and so is --pretrained-checkpoint, which Megatron
+    loads (as a finetune) when --load holds no checkpoint."""
     flag, load = "--load", args.load
     if not has_checkpoint(load):
         flag, load = "--pretrained-checkpoint", getattr(args, "pretrained_checkpoint", None)
     if not has_checkpoint(load):
-        return
+        return tokenizer_size
     saved = getattr(checkpoint_args(load), "tsp_vocab_size", None)
-    if saved is not None and saved != vocab_size:
+    if saved is None:
+        return tokenizer_size
+    if tokenizer_size > saved:
         raise ValueError(f"{flag} {load}: the checkpoint's vocabulary has {saved} entries, the "
-                         f"tokenizer has {vocab_size}"
+                         f"tokenizer has {tokenizer_size}, more than the checkpoint has rows"
                          f"{' (--finetune keeps the vocabulary)' if args.finetune else ''}")
+    return saved
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
