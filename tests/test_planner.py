@@ -105,6 +105,20 @@ def test_cli_recommends_a_layout_that_fits(capsys):
     assert short[0].layout.scheme != "tsp"
 
 
+def test_packed_documents_are_accepted_and_plan_as_one_sequence(capsys):
+    """The launcher's packing flags: the same layouts, memory and bytes (the offsets cost no
+    activation), and a line that says so."""
+    argv = ["--model-size", "8b", "--seq-length", "131072", "--max-position-embeddings",
+            "131072", "--gpus", "8"]
+    plain = planner_main(argv)
+    packed = planner_main(argv + ["--reset-position-ids", "--reset-attention-mask",
+                                  "--eod-mask-loss"])
+    assert [(p.layout, p.memory, p.sent, p.received) for p in packed] == \
+        [(p.layout, p.memory, p.sent, p.received) for p in plain]
+    assert "packed documents: memory and bytes are those of one sequence" in \
+        capsys.readouterr().out
+
+
 def test_the_fastest_recompute_mode_that_fits_the_budget_is_chosen():
     cfg = qwen3_preset("8b")
     tsp8 = {p.layout.recompute: p for p in plans(cfg, 32768, 8, "h100")

@@ -238,6 +238,10 @@ def format_table(rows: List[Plan]) -> str:
     return "\n".join(lines)
 
 
+# Megatron's packed-document flags: accepted as pretrain_qwen3.py accepts them
+PACKING_FLAGS = ("--reset-position-ids", "--reset-attention-mask", "--eod-mask-loss")
+
+
 def main(argv: Optional[List[str]] = None) -> List[Plan]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_shape_arguments(parser)
@@ -252,6 +256,10 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
                         help="per-GPU memory a plan may use (GB = 1e9 bytes); by default 90%% "
                              "of the GPU's")
     add_recompute_arguments(parser)
+    for flag in PACKING_FLAGS:
+        parser.add_argument(flag, action="store_true",
+                            help="packed documents, as at launch: memory and bytes are one "
+                                 "sequence's, the attention FLOPs at most one sequence's")
     args = parser.parse_args(argv)
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
@@ -271,6 +279,10 @@ def main(argv: Optional[List[str]] = None) -> List[Plan]:
     print(f"{args.gpus} x {args.gpu} ({spec.memory_bytes / GIB:.0f} GiB, {spec.link}); "
           f"{args.seq_length} tokens x micro-batch {args.micro_batch_size}, {args.dtype}"
           f"; GB = 1e9 bytes, per GPU; +MODE: what backward recomputes{chosen}\n")
+    if any(getattr(args, flag[2:].replace("-", "_")) for flag in PACKING_FLAGS):
+        print("packed documents: memory and bytes are those of one sequence (the document "
+              "offsets cost no activation); compute is at most one sequence's, as attention "
+              "stops at each document's start\n")
     print(format_table(rows))
     best = next((p for p in rows if p.fits), None)
     print("\nrecommended: " + (f"{best.layout.name} ({best.memory.total / GB:.1f} GB per GPU, "
