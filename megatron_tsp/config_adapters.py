@@ -1,8 +1,8 @@
 """Qwen3Config to and from the other descriptions of the same model: Megatron's args (the
 launcher's flags), Megatron's TransformerConfig and Hugging Face's config.json.
 
-Every translation of the model shape lives here, and SHAPE_FLAGS is the one list of the flags
-that set it.
+Every translation of the model shape lives here: SHAPE_FLAGS is the one list of the flags that
+set it, ROPE_FLAGS of those that choose its rotary embedding (plain RoPE or YaRN).
 """
 
 import math
