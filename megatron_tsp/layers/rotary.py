@@ -15,11 +15,12 @@ def _inverse_frequencies(head_dim: int, base: float, device: torch.device,
                          yarn: Optional[YarnScaling]) -> torch.Tensor:
     """[head_dim / 2] fp32 on `device`; with YaRN, the low frequencies (beyond the correction
     range) divided by the factor, the high ones kept, a linear ramp between."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
-    frequencies = 1.0 / (base ** (exponents / head_dim))
+    wavelengths = base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+                           / head_dim)  # over 2 pi
+    frequencies = 1.0 / wavelengths
     if yarn is None:
         return frequencies
-    interpolated = 1.0 / (yarn.factor * base ** (exponents / head_dim))
+    interpolated = 1.0 / (yarn.factor * wavelengths)
     low, high = _yarn_find_correction_range(
         yarn.beta_fast, yarn.beta_slow, head_dim, base, yarn.original_max_position_embeddings,
         yarn.correction_range_round_to_int)
