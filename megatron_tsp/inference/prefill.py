@@ -108,7 +108,8 @@ def prefill(model, prompt: torch.Tensor, cache: KVCache) -> torch.Tensor:
     try:
         ids_local, positions_local = scatter_to_local(ids, 1), scatter_to_local(positions, 1)
         cos, sin = rotary_cos_sin(positions_local, cfg.kv_channels, cfg.rotary_base, cfg.yarn)
-        hidden = model.decoder(model.embedding(ids_local), cos, sin, None)  # [s, b, h], final-normed
+        # one prompt: one document, no packed offsets; hidden [s, b, h], final-normed
+        hidden = model.decoder(model.embedding(ids_local), cos, sin, None)
     finally:
         for hook in hooks:
             hook.remove()
