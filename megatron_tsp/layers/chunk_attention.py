@@ -9,6 +9,10 @@ it runs, 4 kept for backward) and takes the slower masked kernel. So on the CPU 
 calls of the CPU flash kernel, which needs no mask: the prefix keys unmasked, the diagonal block
 causal; their outputs merge by their log-sum-exps. Backward is the flash backward of each block
 with the merged output and log-sum-exp (as ring attention does): exact, and O(c x block) memory.
+
+Packed documents (document_chunk_attention): a chunk's queries split into segments, one per
+document (megatron_tsp.documents); on a GPU that can, one varlen flash call takes them all,
+elsewhere each segment is the chunk attention above over its document's keys.
 """
 
 import torch
@@ -64,28 +68,41 @@ def document_chunk_attention(q: torch.Tensor, kv_full: torch.Tensor, segments) -
     sequence order, `segments` that chunk's ChunkSegments per sample (megatron_tsp.documents).
     Each segment's queries attend causally to its document's keys up to the segment's end.
 
-    On a GPU, one variable-length flash call per sample over views of q and kv_full, its
-    offsets already on the device and its maximum lengths host integers; on the CPU, each
+    Where the varlen flash kernel runs (see _varlen_runs), one call per sample over views of q
+    and of the keys the chunk reads, its offsets already on the device and its maximum lengths
+    host integers; elsewhere (the CPU, fp32 on a GPU, a GPU older than Ampere, ROCm) each
     segment through causal_chunk_attention. No mask is built either way.
     Returns [c, b, hs, hd]."""
     outputs = []
     for i, table in enumerate(segments):
-        if q.device.type == "cpu":
-            outputs.append(_segments_on_cpu(q[:, i], kv_full[:, :, i], table))
+        # the keys of the chunk's documents only: the kernel's backward sizes its dK/dV
+        # buffers by the keys it is given
+        keys = kv_full[table.key_start:table.key_start + table.k_offsets[-1], :, i]
+        if not _varlen_runs(q):
+            outputs.append(_segment_by_segment(q[:, i], keys, table))
             continue
-        k, v = kv_full[table.key_start:, 0, i], kv_full[table.key_start:, 1, i]
-        outputs.append(varlen_attn(q[:, i], k, v, table.cu_q, table.cu_k, table.max_q,
-                                   table.max_k, window_size=(-1, 0), enable_gqa=True))
+        outputs.append(varlen_attn(q[:, i], keys[:, 0], keys[:, 1], table.cu_q, table.cu_k,
+                                   table.max_q, table.max_k, window_size=(-1, 0),
+                                   enable_gqa=True))
     return torch.stack(outputs, dim=1)
 
 
-def _segments_on_cpu(q: torch.Tensor, kv_full: torch.Tensor, table) -> torch.Tensor:
-    """q [c, hs, hd], kv_full [S, 2, gs, hd] of one sample -> [c, hs, hd]."""
+def _varlen_runs(q: torch.Tensor) -> bool:
+    """torch's varlen attention is FlashAttention 2: CUDA (its ROCm build is not known to take
+    windowed varlen calls), fp16 or bf16, Ampere or newer."""
+    return (q.is_cuda and torch.version.hip is None
+            and q.dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(q.device) >= (8, 0))
+
+
+def _segment_by_segment(q: torch.Tensor, keys: torch.Tensor, table) -> torch.Tensor:
+    """q [c, hs, hd], keys [L, 2, gs, hd] of one sample from the table's key_start -> [c, hs, hd]:
+    one causal_chunk_attention call per segment, its offsets read on the host."""
     outputs = []
     for (q_first, q_end), (k_first, k_end) in table.segments():
-        keys = kv_full[k_first:k_end]
-        o = causal_chunk_attention(_heads_first(q[q_first:q_end]), _heads_first(keys[:, 0]),
-                                   _heads_first(keys[:, 1]))
+        piece = keys[k_first - table.key_start:k_end - table.key_start]
+        o = causal_chunk_attention(_heads_first(q[q_first:q_end]), _heads_first(piece[:, 0]),
+                                   _heads_first(piece[:, 1]))
         outputs.append(o[0].transpose(0, 1))
     return torch.cat(outputs)
 
