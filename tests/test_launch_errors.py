@@ -26,6 +26,10 @@ CASES = [
     (["--tsp-size", "2", "--tensor-model-parallel-size", "2", *MOCK], 4,
      "--tensor-model-parallel-size"),
     (["--tsp-size", "2", "--context-parallel-size", "2", *MOCK], 4, "--context-parallel-size"),
+    # the TSP model has no context-parallel attention: each rank would train the whole sequence
+    (["--context-parallel-size", "2", *MOCK], 2, "--context-parallel-size"),
+    (["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1",
+      "--num-layers", "4", *MOCK], 2, "--num-layers-per-virtual-pipeline-stage"),
     (["--model-size", "7b", *MOCK], 1, "--model-size"),
     (["--tsp-size", "2", "--ffn-hidden-size", "191", *MOCK], 2, "--ffn-hidden-size"),
     (["--seq-length", "8192", "--max-position-embeddings", "4096", *MOCK], 1,
@@ -56,6 +60,9 @@ UNSUPPORTED = [
      1, "--overlap-param-gather"),
     (["--tsp-size", "2", "--use-distributed-optimizer", "--overlap-grad-reduce",
       "--overlap-param-gather", *MOCK], 4, "--overlap-param-gather"),
+    # Megatron's dataset zeroes a pad id equal to EOD in the tokens the documents are read from
+    (["--reset-attention-mask", "--allow-ambiguous-pad-tokens", *MOCK], 1,
+     "--allow-ambiguous-pad-tokens"),
     # recompute choices TSP's layers cannot honour (layers/recompute.py)
     (["--recompute-granularity", "full", "--recompute-method", "uniform", *MOCK], 1,
      "--recompute-num-layers"),

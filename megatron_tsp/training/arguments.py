@@ -139,14 +139,21 @@ def explicit_flags(argv: Iterable[str]) -> Set[str]:
 
 def _reject_replaced_parallelism(args) -> None:
     refuse(group_problem(args.tsp_size, args.pipeline_model_parallel_size))
+    # at --tsp-size 1 too: the TSP model has no context-parallel attention, so each rank of
+    # the context group would train the whole sequence again
+    if args.context_parallel_size != 1:
+        raise ValueError("--context-parallel-size is not supported: TSP shards the sequence "
+                         "itself (--tsp-size)")
+    for flag in ("--num-layers-per-virtual-pipeline-stage",
+                 "--num-virtual-stages-per-pipeline-rank"):
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            raise ValueError(f"{flag} is not supported: the TSP model builds one model chunk "
+                             "per pipeline stage")
     if args.tsp_size == 1:
         return
     if args.tensor_model_parallel_size != 1:
         raise ValueError("--tensor-model-parallel-size cannot be combined with --tsp-size > 1: "
                          "the TSP group takes the tensor-parallel slot")
-    if args.context_parallel_size != 1:
-        raise ValueError("--context-parallel-size cannot be combined with --tsp-size > 1: "
-                         "TSP already shards the sequence")
     if args.sequence_parallel:
         raise ValueError("--sequence-parallel cannot be combined with --tsp-size > 1: "
                          "TSP already shards the sequence")
@@ -159,6 +166,10 @@ def _reject_unsupported_flags(args) -> None:
                          "outside the modules' forward, so Megatron DDP's forward pre-hooks, "
                          "which wait for the parameter all-gather, never fire and the step "
                          "would use stale weights")
+    if args.allow_ambiguous_pad_tokens and args.reset_attention_mask:
+        raise ValueError("--allow-ambiguous-pad-tokens cannot be combined with "
+                         "--reset-attention-mask: Megatron's dataset turns a pad id equal to "
+                         "the EOD id into 0 in the tokens, where the documents are read")
     for flag, why in _UNSUPPORTED_RECOMPUTE_FLAGS.items():
         if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
             raise ValueError(f"{flag} is not supported: {why}")

@@ -95,11 +95,13 @@ def _packed_local_batch(data_iterator, args, vp_stage):
     if args.reset_attention_mask:
         documents = packed_documents(batch["tokens"], get_tokenizer().eod, local_chunks(p, D),
                                      2 * D, device)
-    local = {key: scatter_to_local(batch[key], dim=1).to(device, non_blocking=True)
-             for key in _BATCH_KEYS}
-    if not is_first_or_last_pipeline_stage(vp_stage):
-        return None, None, None, local["position_ids"], documents
-    return local["tokens"], local["labels"], local["loss_mask"], local["position_ids"], documents
+    # moved as the loader made them (pinned), then cut on the device: a non-blocking copy of
+    # a pageable cut would make the host wait
+    keys = _BATCH_KEYS if is_first_or_last_pipeline_stage(vp_stage) else ("position_ids",)
+    local = {key: scatter_to_local(batch[key].to(device, non_blocking=True), dim=1)
+             for key in keys}
+    return (local.get("tokens"), local.get("labels"), local.get("loss_mask"),
+            local["position_ids"], documents)
 
 
 def _dataset_config(args) -> GPTDatasetConfig:
@@ -110,6 +112,7 @@ def _dataset_config(args) -> GPTDatasetConfig:
         num_dataset_builder_threads=args.num_dataset_builder_threads,
         path_to_cache=args.data_cache_path, mmap_bin_files=args.mmap_bin_files,
         tokenizer=build_tokenizer(args), reset_position_ids=args.reset_position_ids,
+        allow_ambiguous_pad_tokens=args.allow_ambiguous_pad_tokens,
         reset_attention_mask=args.reset_attention_mask, eod_mask_loss=args.eod_mask_loss,
         create_attention_mask=False,
         context_parallel_size=args.context_parallel_size,
