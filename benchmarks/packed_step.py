@@ -1,7 +1,7 @@
 """A packed step against the unpacked step with the same tokens: time and peak memory under TSP.
 
     python -m benchmarks.packed_step --model-size tiny --seq-length 16384 --group-size 2 \\
-        [--repeats 5] [--output-dir benchmarks/results]
+        [--longest-document N] [--repeats 5] [--output-dir benchmarks/results]
 
 One set of D spawned gloo ranks (benchmarks/launch.py) trains the same TSP model on the same
 tokens twice per repeat: once as one causal sequence, once as packed documents of mixed lengths
@@ -39,28 +39,28 @@ EOD = 0
 PACKED_FLAGS = Flags(group_size="--group-size", seq_length="--seq-length")
 
 
-def document_lengths(seq_length: int, seed: int) -> List[int]:
-    """Mixed lengths, log-uniform from 1 token to a quarter of the sequence, until the sequence
-    is full (the last document has no EOD)."""
+def document_lengths(seq_length: int, longest: int, seed: int) -> List[int]:
+    """Mixed lengths, log-uniform from 1 token to `longest`, until the sequence is full (the
+    last document has no EOD)."""
     generator = numpy.random.default_rng(seed)
     lengths, total = [], 0
     while total < seq_length:
-        length = int(numpy.exp(generator.uniform(0, numpy.log(seq_length / 4))))
+        length = int(numpy.exp(generator.uniform(0, numpy.log(longest))))
         lengths.append(min(length, seq_length - total))
         total += lengths[-1]
     return lengths
 
 
-def _batch(cfg: Qwen3Config, S: int, b: int, seed: int):
+def _batch(cfg: Qwen3Config, S: int, b: int, longest: int, seed: int):
     """tokens, labels, positions [b, S] and the host tokens with an EOD ending each document."""
     generator = torch.Generator().manual_seed(seed)
     text = torch.randint(1, cfg.vocab_size, (b, S + 1), generator=generator)
-    text[:, numpy.cumsum(document_lengths(S, seed))[:-1] - 1] = EOD
+    text[:, numpy.cumsum(document_lengths(S, longest, seed))[:-1] - 1] = EOD
     tokens, labels = text[:, :-1], text[:, 1:]
     return tokens, labels, torch.arange(S).expand(b, S)
 
 
-def _rank(config: dict, D: int, S: int, b: int, seed: int, repeats: int) -> dict:
+def _rank(config: dict, D: int, S: int, b: int, longest: int, seed: int, repeats: int) -> dict:
     """Rank body: {mode: [(seconds, peak bytes) per repeat]}."""
     from megatron_tsp import comm
     from megatron_tsp import parallel_state as ps
@@ -73,7 +73,7 @@ def _rank(config: dict, D: int, S: int, b: int, seed: int, repeats: int) -> dict
     cfg = Qwen3Config(**config)
     model = TSPQwen3Model(cfg)
     model.init_weights(seed)
-    tokens, labels, positions = _batch(cfg, S, b, seed)
+    tokens, labels, positions = _batch(cfg, S, b, longest, seed)
     local = [scatter_to_local(t, dim=1) for t in (tokens, labels, positions)]
     documents = {"unpacked": None,
                  "packed": packed_documents(tokens, EOD, local_chunks(ps.get_tsp_rank(), D),
@@ -144,6 +144,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seq-length", type=int, default=16384)
     p.add_argument("--group-size", type=int, default=2, help="D: ranks of the TSP group")
     p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--longest-document", type=int,
+                   help="documents are 1 to this many tokens, log-uniform (default S / 4)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
@@ -156,15 +158,17 @@ def main(argv: Optional[List[str]] = None) -> dict:
     cfg = model_config_from_args(args)
     cfg = cfg.replace(max_position_embeddings=max(cfg.max_position_embeddings, args.seq_length))
     refuse(tsp_problem(cfg, args.group_size, seq_length=args.seq_length, flags=PACKED_FLAGS))
-    for flag in ("--repeats", "--micro-batch-size"):
-        if getattr(args, flag[2:].replace("-", "_")) < 1:
+    longest = args.longest_document or args.seq_length // 4
+    for flag in ("--repeats", "--micro-batch-size", "--longest-document"):
+        if (getattr(args, flag[2:].replace("-", "_")) or 1) < 1:
             raise ValueError(f"{flag} must be >= 1")
     per_rank = run_ranks(_rank, args.group_size, vars(cfg), args.group_size, args.seq_length,
-                         args.micro_batch_size, args.seed, args.repeats)
+                         args.micro_batch_size, longest, args.seed, args.repeats)
     results = {"seq_length": args.seq_length, "group_size": args.group_size,
                "micro_batch_size": args.micro_batch_size, "repeats": args.repeats,
                "config": vars(cfg), "torch": torch.__version__,
-               "summary": summary(per_rank, document_lengths(args.seq_length, args.seed))}
+               "summary": summary(per_rank, document_lengths(args.seq_length, longest,
+                                                             args.seed))}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(results)

@@ -221,7 +221,7 @@ def test_packed_step_benchmark_writes_both_steps_and_their_ratios(tmp_path):
                         "--name", "packed"])
     results = json.loads((tmp_path / "packed.json").read_text())
     summary = results["summary"]
-    assert sum(document_lengths(64, 1234)) == 64 and summary["documents"] > 1
+    assert sum(document_lengths(64, 16, 1234)) == 64 and summary["documents"] > 1
     for mode in ("unpacked", "packed"):
         assert len(summary["step_s"][mode]) == 2 and min(summary["step_s"][mode]) > 0
         assert summary["peak_bytes"][mode] > 0
