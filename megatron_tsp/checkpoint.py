@@ -4,6 +4,7 @@ weights from it. The model's own `sharded_state_dict` lives beside the model (mo
 """
 
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
 
@@ -14,6 +15,15 @@ TRACKER_NAME = "latest_checkpointed_iteration.txt"
 def has_checkpoint(load) -> bool:
     """Whether the --load directory holds a Megatron checkpoint (its tracker file)."""
     return bool(load) and (Path(load) / TRACKER_NAME).is_file()
+
+
+def checkpoint_to_load(load, pretrained_checkpoint) -> Optional[Tuple[str, str]]:
+    """(flag, directory) of the checkpoint a launch will load: --load's, else, when it holds
+    none, --pretrained-checkpoint's (Megatron loads that one as a finetune); None for neither."""
+    for flag, directory in (("--load", load), ("--pretrained-checkpoint", pretrained_checkpoint)):
+        if has_checkpoint(directory):
+            return flag, directory
+    return None
 
 
 def checkpoint_dir(load: str) -> Path:

@@ -1,6 +1,7 @@
 """The model shape of a Qwen3 dense decoder, and the published presets."""
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,12 +39,22 @@ class YarnScaling:
     dimensions (transformers' `truncate`)."""
 
     def __post_init__(self):
-        if not self.factor >= 1:
-            raise ValueError(f"--rotary-scaling-factor must be >= 1 for YaRN (it extends the "
-                             f"context), got {self.factor}")
+        """Values that would crash the first step (a division by a zero beta, the log of a
+        negative one) or turn every loss non-finite are refused here, at launch."""
+        if not 1 <= self.factor < math.inf:
+            raise ValueError(f"--rotary-scaling-factor must be finite and >= 1 for YaRN (it "
+                             f"extends the context), got {self.factor}")
         if self.original_max_position_embeddings < 1:
             raise ValueError("--yarn-original-max-position-embeddings must be a positive "
                              f"integer, got {self.original_max_position_embeddings}")
+        if not 0 < self.beta_slow < self.beta_fast < math.inf:
+            raise ValueError(f"--yarn-beta-fast ({self.beta_fast}) must be finite and above "
+                             f"--yarn-beta-slow ({self.beta_slow}), itself above 0: the ramp runs "
+                             "from the slow to the fast rotations")
+        for flag, value in (("--mscale", self.mscale), ("--mscale-all-dim", self.mscale_all_dim)):
+            if not (math.isfinite(value) and 0.1 * value * math.log(self.factor) + 1 > 0):
+                raise ValueError(f"{flag} {value}: 0.1 * {flag[2:]} * ln(factor) + 1 must be a "
+                                 "finite positive number (a factor of the attention's cos/sin)")
 
     @property
     def attention_factor(self) -> float:

@@ -10,12 +10,14 @@ transformers' own YaRN (modeling_rope_utils.py), never against this package's ou
 - a random YaRN Qwen3 imported by the conversion module (import-hf) gives transformers' logits
   (1e-4) and loss (1e-5) at 4x its original context at D = 1, 2 and 4, and greedy generation
   over that context equals transformers' generate(); the export's config.json is the source's;
-- --use-checkpoint-args brings a checkpoint's YaRN settings back, and leaving them out without
-  it is refused rather than run with plain RoPE; the RoPE flags TSP cannot honour are refused;
+- --use-checkpoint-args brings a checkpoint's YaRN settings back, and without it the
+  checkpoint's settings are still the default of every rotary flag not given; values that
+  would crash the first step and the RoPE flags TSP cannot honour are refused;
 - (slow) pretrain_qwen3.py at --tsp-size 2 on the imported checkpoint logs transformers' loss.
 """
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -126,7 +128,7 @@ def test_other_rope_types_are_refused_by_name(kind, key):
 @pytest.mark.parametrize("rope, words", [
     ({"rope_scaling": {**CARD, "factor": 1.0, "attention_factor": 1.2}}, "attention_factor"),
     ({"rope_scaling": {**CARD, "partial_rotary_factor": 0.5}}, "partial_rotary_factor"),
-    ({"rope_scaling": {**CARD, "factor": 0.5}}, "--rotary-scaling-factor must be >= 1"),
+    ({"rope_scaling": {**CARD, "factor": 0.5}}, "--rotary-scaling-factor must be finite and >= 1"),
     ({"rope_scaling": CARD, "rope_parameters": {**CARD, "factor": 2.0}}, "disagree"),
     ({"rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 32}}, "factor"),
 ])
@@ -155,7 +157,14 @@ _LAUNCH = ["--mock-data", "--micro-batch-size", "1", "--train-iters", "1", "--lr
     (["--rotary-interleaved"], "--rotary-interleaved True is not supported"),
     (["--use-rope-scaling"], "--use-rope-scaling True is not supported"),
     (["--rotary-seq-len-interpolation-factor", "2"], "--rotary-seq-len-interpolation-factor"),
-    (["--position-embedding-type", "yarn", "--rotary-scaling-factor", "0.5"], "must be >= 1"),
+    (["--position-embedding-type", "yarn", "--rotary-scaling-factor", "0.5"], "and >= 1"),
+    # values that crashed the first step or made every loss NaN
+    (["--position-embedding-type", "yarn", "--yarn-beta-fast", "0"], "--yarn-beta-fast"),
+    (["--position-embedding-type", "yarn", "--yarn-beta-slow", "-1"], "--yarn-beta-fast"),
+    (["--position-embedding-type", "yarn", "--rotary-scaling-factor", "inf"],
+     "--rotary-scaling-factor"),
+    (["--position-embedding-type", "yarn", "--rotary-scaling-factor", "4", "--mscale", "nan",
+      "--mscale-all-dim", "1"], "--mscale nan"),
     (["--position-embedding-type", "yarn", "--use-rotary-position-embeddings"],
      "--use-rotary-position-embeddings makes Megatron replace"),
 ])
@@ -294,18 +303,29 @@ def test_checkpoint_args_bring_the_yarn_settings_back(imported, monkeypatch, tmp
     assert qwen3_config_from_args(args, 512).yarn is None
 
 
-def test_a_yarn_checkpoint_is_not_resumed_with_plain_rope_silently(imported, monkeypatch):
+def test_a_yarn_checkpoint_keeps_its_settings_whatever_flags_are_left_out(imported, monkeypatch,
+                                                                         tmp_path):
+    """Without --use-checkpoint-args the checkpoint's rotary embedding is still the default of
+    every rotary flag not given, from --load or --pretrained-checkpoint: a resumed YaRN run
+    never falls back to plain RoPE nor to Megatron's YaRN defaults (one flag given used to
+    switch the check off and train with original length 4096), and a flag given changes it."""
+    from megatron_tsp.config_adapters import qwen3_config_from_args
     _, _, checkpoint = imported
     monkeypatch.setenv("WORLD_SIZE", "1")
     shape = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
              "--num-query-groups", "2", "--kv-channels", "32", "--ffn-hidden-size", "128",
-             "--untie-embeddings-and-output-weights", "--load", str(checkpoint)]
-    with pytest.raises(ValueError, match="--position-embedding-type: the checkpoint in --load "
-                                         ".* has YarnScaling.*, the arguments give rope"):
-        prepared_args([*_LAUNCH, *shape])
-    prepared_args([*_LAUNCH, *shape, "--position-embedding-type", "yarn",
-                   "--rotary-scaling-factor", "4", "--yarn-original-max-position-embeddings",
-                   str(ORIGINAL)])
+             "--untie-embeddings-and-output-weights"]
+    saved = YarnScaling(float(FACTOR), ORIGINAL)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for source in (["--load", str(checkpoint)],
+                   ["--load", str(empty), "--pretrained-checkpoint", str(checkpoint)]):
+        for given, expected in (([], saved), (["--yarn-beta-fast", "32"], saved),
+                                (["--yarn-beta-fast", "16"],
+                                 dataclasses.replace(saved, beta_fast=16.0)),
+                                (["--position-embedding-type", "rope"], None)):
+            args = prepared_args([*_LAUNCH, *shape, *source, *given])
+            assert qwen3_config_from_args(args, 512).yarn == expected, (source, given)
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ from megatron_tsp.planner.inference import bytes_per_cached_token
 from megatron_tsp.planner.transfers import Layout, params_per_rank
 from megatron_tsp.size_rules import refuse, tsp_problem
 from megatron_tsp.training.arguments import (
-    add_tsp_arguments, apply_shape, check_checkpoint_shape, explicit_flags, whole_checkpoint_args)
+    add_tsp_arguments, apply_shape, check_checkpoint_shape, explicit_flags, rope_from_checkpoint,
+    whole_checkpoint_args)
 from megatron_tsp.training.preprocess import load_tokenizer
 
 GB = 1e9
@@ -194,6 +195,7 @@ def prepare_generate_args(args, argv: Iterable[str]) -> GenerateRun:
                          "(give 1)")
     explicit = explicit_flags(argv)
     apply_shape(args, explicit, saved if args.use_checkpoint_args else None, None)
+    rope_from_checkpoint(args, saved, explicit)
     config = qwen3_config_from_args(
         args, getattr(saved, "tsp_vocab_size", None) or saved.padded_vocab_size)
     refuse(tsp_problem(config, args.tsp_size))

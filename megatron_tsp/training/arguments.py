@@ -183,14 +183,22 @@ def _reject_unsupported_flags(args) -> None:
     layer_recomputes(args, 1, args.tsp_recompute_activations)  # raises for what TSP cannot do
 
 
+def _checkpoint_source(args):
+    """(flag, directory) of the checkpoint the launch loads (--load, else
+    --pretrained-checkpoint), or None."""
+    from megatron_tsp.checkpoint import checkpoint_to_load
+    return checkpoint_to_load(args.load, getattr(args, "pretrained_checkpoint", None))
+
+
 def whole_checkpoint_args(args):
-    """The Megatron args of the --load checkpoint, after its shard files are checked; None
-    without a checkpoint."""
-    from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args, has_checkpoint
-    if not has_checkpoint(args.load):
+    """The Megatron args of the checkpoint the launch loads (_checkpoint_source), after its
+    shard files are checked; None without a checkpoint."""
+    from megatron_tsp.checkpoint import check_checkpoint_files, checkpoint_args
+    source = _checkpoint_source(args)
+    if source is None:
         return None
-    check_checkpoint_files(args.load)
-    return checkpoint_args(args.load)
+    check_checkpoint_files(source[1])
+    return checkpoint_args(source[1])
 
 
 def _shape_source(args, saved, config: Optional[Qwen3Config]) -> Dict[str, object]:
@@ -249,16 +257,23 @@ def check_rope_flags(args) -> None:
                          f"{POSITION_FLAG} {args.position_embedding_type} with rope; leave it out")
 
 
-def _check_checkpoint_rope(args, saved, explicit: Set[str]) -> None:
-    """A checkpoint's rotary embedding is kept unless a flag changes it: a resumed YaRN run does
-    not fall back to plain RoPE (nor the reverse) because its flags were left out."""
-    if explicit & ROPE_FLAGS.keys() or not hasattr(saved, "position_embedding_type"):
-        return
-    ours, theirs = yarn_from_args(args), yarn_from_args(_with_yarn_defaults(saved))
-    if ours != theirs:
-        raise ValueError(f"{POSITION_FLAG}: the checkpoint in --load {args.load} has "
-                         f"{theirs or 'rope'}, the arguments give {ours or 'rope'}; give "
-                         "--use-checkpoint-args, or the rotary flags to change it")
+def rope_from_checkpoint(args, saved, explicit: Set[str]) -> None:
+    """A checkpoint's rotary embedding is the default of every rotary flag not given: a resumed
+    YaRN run keeps it whole (it never falls back to plain RoPE or to Megatron's YaRN defaults
+    because some flags were left out), and the flags given change it (YaRN on a plain
+    checkpoint extends its context; --position-embedding-type rope drops YaRN). `saved`: the
+    checkpoint's args, or None without one. Then what the flags make of it must be a rotary
+    embedding TSP runs (ValueError naming the flag)."""
+    if hasattr(saved, "position_embedding_type"):
+        saved = _with_yarn_defaults(saved)
+        for flag, dest in ROPE_FLAGS.items():
+            if flag not in explicit:
+                setattr(args, dest, getattr(saved, dest))
+        if args.position_embedding_type == "rope":
+            for flag, dest in ROPE_FLAGS.items():
+                if flag != POSITION_FLAG and flag not in explicit:
+                    setattr(args, dest, None)
+    yarn_from_args(args)
 
 
 def _with_yarn_defaults(saved):
@@ -328,25 +343,25 @@ def _check_data_paths(args) -> None:
 
 
 def check_checkpoint_shape(args, saved, explicit: Set[str]) -> None:
-    """A checkpoint to resume must be whole and have the shape the arguments describe (`saved`:
-    its args when --use-checkpoint-args has read them already), and the rotary embedding
-    unless a flag changes it."""
+    """A checkpoint to resume (--load's, else --pretrained-checkpoint's) must be whole and have
+    the shape the arguments describe (`saved`: its args when read already); its rotary
+    embedding is taken by rope_from_checkpoint."""
     if saved is None:
         saved = whole_checkpoint_args(args)
     if saved is None:
         return
+    where = " ".join(_checkpoint_source(args))
     for flag, (dest, _) in SHAPE_FLAGS.items():
         if flag in _ARCHITECTURE_NUMERICS:
             continue
         ours, theirs = getattr(args, dest), getattr(saved, dest, None)
         if theirs is not None and theirs != ours:
-            raise ValueError(f"{flag}: the checkpoint in --load {args.load} has {theirs}, the "
-                             f"arguments give {ours}")
+            raise ValueError(f"{flag}: the checkpoint in {where} has {theirs}, the arguments "
+                             f"give {ours}")
     if saved.untie_embeddings_and_output_weights != args.untie_embeddings_and_output_weights:
-        raise ValueError(f"--untie-embeddings-and-output-weights: the checkpoint in --load "
-                         f"{args.load} has {saved.untie_embeddings_and_output_weights}, the "
-                         f"arguments give {args.untie_embeddings_and_output_weights}")
-    _check_checkpoint_rope(args, saved, explicit)
+        raise ValueError(f"--untie-embeddings-and-output-weights: the checkpoint in {where} has "
+                         f"{saved.untie_embeddings_and_output_weights}, the arguments give "
+                         f"{args.untie_embeddings_and_output_weights}")
 
 
 def embedded_dataset_prefix() -> Path:
@@ -370,11 +385,15 @@ def prepare_args(args, argv: Iterable[str], config: Optional[Qwen3Config] = None
     saved = whole_checkpoint_args(args) if args.use_checkpoint_args else None
     apply_shape(args, explicit, saved, config)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    # the vocabulary is the tokenizer's when no flag gives it: no size rule concerns it
-    refuse(tsp_problem(qwen3_config_from_args(args, vocab_size=args.vocab_size or 1),
+    # the vocabulary is the tokenizer's when no flag gives it, and the rotary embedding may
+    # still come from the checkpoint (below): no size rule concerns either
+    plain_rope = argparse.Namespace(**{**vars(args), **dict.fromkeys(ROPE_FLAGS.values()),
+                                       "position_embedding_type": "rope"})
+    refuse(tsp_problem(qwen3_config_from_args(plain_rope, vocab_size=args.vocab_size or 1),
                        args.tsp_size, seq_length=args.seq_length, world_size=world_size,
                        pipeline_size=args.pipeline_model_parallel_size))
     check_numerics(args)
+    rope_from_checkpoint(args, saved or whole_checkpoint_args(args), explicit)
     _apply_cpu_defaults(args, explicit)
     model_parallel = args.tsp_size * args.pipeline_model_parallel_size * args.context_parallel_size
     data_parallel_size = max(1, world_size // max(1, model_parallel))

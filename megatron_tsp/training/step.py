@@ -13,7 +13,7 @@ import torch
 from megatron.training import get_args, get_timers, get_tokenizer
 from megatron.training.argument_utils import core_transformer_config_from_args
 
-from megatron_tsp.checkpoint import checkpoint_args, has_checkpoint
+from megatron_tsp.checkpoint import checkpoint_args, checkpoint_to_load
 from megatron_tsp import parallel_state as ps
 from megatron_tsp.layers.vocab import global_loss_totals
 from megatron_tsp.models.qwen3 import TSPQwen3Model
@@ -46,11 +46,10 @@ def model_vocabulary(args, tokenizer_size: int) -> int:
     silently how many of the checkpoint's rows are scored. --finetune resets only the iteration
     and the optimizer, so it is checked too, and so is --pretrained-checkpoint, which Megatron
     loads (as a finetune) when --load holds no checkpoint."""
-    flag, load = "--load", args.load
-    if not has_checkpoint(load):
-        flag, load = "--pretrained-checkpoint", getattr(args, "pretrained_checkpoint", None)
-    if not has_checkpoint(load):
+    source = checkpoint_to_load(args.load, getattr(args, "pretrained_checkpoint", None))
+    if source is None:
         return tokenizer_size
+    flag, load = source
     saved = getattr(checkpoint_args(load), "tsp_vocab_size", None)
     if saved is None:
         return tokenizer_size
