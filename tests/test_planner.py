@@ -149,3 +149,20 @@ def test_the_fastest_recompute_mode_that_fits_the_budget_is_chosen():
 def test_cli_errors_name_the_flag(argv, flag):
     with pytest.raises(ValueError, match=flag):
         planner_main(argv)
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--gpus", "0"], "--gpus"),
+    (["--gpus", "8", "--position-embedding-type", "yarn", "--yarn-beta-fast", "0"],
+     "--yarn-beta-fast"),
+    (["--gpus", "8", "--rotary-scaling-factor", "4"], "--rotary-scaling-factor"),
+])
+def test_the_command_line_names_the_flag_without_a_traceback(extra, flag):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "megatron_tsp.planner", "--model-size", "8b",
+                             "--seq-length", "8192", *extra], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("python -m megatron_tsp.planner: error: ") and \
+        flag in result.stderr, result.stderr
