@@ -14,15 +14,23 @@
 # --tokenizer-model $HF). NODES=N runs N such nodes under SLURM (data parallel across them);
 # PRINT_ARGS=1 prints pretrain_qwen3.py's flags, one per line, and runs nothing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 : "${HF:?set HF to a downloaded Hugging Face Qwen3-8B directory (config.json, safetensors, tokenizer)}"
 : "${DATA:?set DATA to a --data-path prefix (tools/preprocess_data.py writes one)}"
-CKPT="${CKPT:-checkpoints/qwen3-8b-imported}"
-export SAVE="${SAVE:-checkpoints/qwen3-8b-128k}"  # under SLURM, the TensorBoard logs go here too
+# relative paths are the caller's, and the checkpoints go under the directory the script is
+# run from, not into the source tree
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+HF=$(absolute "$HF")
+DATA=$(absolute "$DATA")
+CKPT=$(absolute "${CKPT:-checkpoints/qwen3-8b-imported}")
+SAVE=$(absolute "${SAVE:-checkpoints/qwen3-8b-128k}")
+export SAVE  # under SLURM, the TensorBoard logs go here too
+cd "$(dirname "$0")/.."
 LOAD="$CKPT"
 if [ -f "$SAVE/latest_checkpointed_iteration.txt" ]; then
     LOAD="$SAVE"
 fi
+# an iteration is 64 sequences of 131,072 tokens (minutes of the node at the planner's compute
+# time): a checkpoint and an evaluation every 20 iterations
 ARGS=(--tsp-size 8 --load "$LOAD" --use-checkpoint-args
       --seq-length 131072 --max-position-embeddings 131072
       --position-embedding-type yarn --rotary-scaling-factor 4
@@ -35,7 +43,7 @@ ARGS=(--tsp-size 8 --load "$LOAD" --use-checkpoint-args
       --lr-warmup-iters 50 --weight-decay 0.1 --clip-grad 1.0
       --data-path "$DATA" --split 99,1,0
       --tokenizer-type HuggingFaceTokenizer --tokenizer-model "$HF"
-      --save "$SAVE" --save-interval 100 --log-interval 1 --eval-interval 100 --eval-iters 2)
+      --save "$SAVE" --save-interval 20 --log-interval 1 --eval-interval 20 --eval-iters 2)
 if [ -n "${PRINT_ARGS:-}" ]; then
     printf '%s\n' "${ARGS[@]}"
     exit 0

@@ -7,7 +7,8 @@
 # Before building the model the launcher checks the planner's peak per GPU against the GPU's
 # memory. PRINT_ARGS=1 prints pretrain_qwen3.py's flags, one per line, and runs nothing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# no cd: the paths in the flags are the caller's
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 NPROC="${NPROC:-2}"
 TSP="${TSP:-$NPROC}"
 ARGS=(--tsp-size "$TSP"
@@ -20,4 +21,4 @@ if [ -n "${PRINT_ARGS:-}" ]; then
     printf '%s\n' "${ARGS[@]}"
     exit 0
 fi
-exec torchrun --standalone --nproc-per-node "$NPROC" pretrain_qwen3.py "${ARGS[@]}"
+exec torchrun --standalone --nproc-per-node "$NPROC" "$ROOT/pretrain_qwen3.py" "${ARGS[@]}"
