@@ -105,3 +105,16 @@ def test_a_checkpoints_vocabulary_is_kept_and_a_larger_tokenizer_refused(tmp_pat
         assert model_vocabulary(args, 4000) == saved
     without = argparse.Namespace(load=str(empty), finetune=False, pretrained_checkpoint=None)
     assert model_vocabulary(without, 4000) == 4000
+
+
+@pytest.mark.parametrize("script", ["pretrain_qwen3.py", "generate_qwen3.py"])
+def test_help_prints(script):
+    """--help lists the flags (it raised on a bare '%' in one of megatron-core's help texts)."""
+    import subprocess
+    import sys
+    from tests.pretrain_runner import ROOT
+    result = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--tsp-size" in result.stdout and "--moe-paged-stash-buffer-size-factor-cuda" in \
+        result.stdout, result.stdout[-2000:]

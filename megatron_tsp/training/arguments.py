@@ -11,6 +11,7 @@ message naming the flag.
 import argparse
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Set
@@ -118,6 +119,12 @@ def add_tsp_arguments(parser):
     group.add_argument("--debug-nonfinite-loss-iterations", type=int, nargs="+", default=None,
                        metavar="ITERATION",
                        help="testing aid: the last rank's loss is NaN at these iterations")
+    # megatron-core 0.19.2 writes a bare '%' in a help text (--moe-paged-stash-buffer-size-
+    # factor-cuda), on which argparse's --help raises; escaped, --help prints
+    for action in parser._actions:
+        if action.help:
+            action.help = re.sub(r"%%|%(?!\()", lambda m: m.group().ljust(2, "%"),
+                                 action.help)
     return parser
 
 
