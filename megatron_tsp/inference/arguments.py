@@ -22,8 +22,8 @@ from megatron_tsp.planner.inference import bytes_per_cached_token
 from megatron_tsp.planner.transfers import Layout, params_per_rank
 from megatron_tsp.size_rules import refuse, tsp_problem
 from megatron_tsp.training.arguments import (
-    add_tsp_arguments, apply_shape, check_checkpoint_shape, explicit_flags, rope_from_checkpoint,
-    whole_checkpoint_args)
+    add_tsp_arguments, apply_shape, check_checkpoint_shape, explicit_flags, whole_checkpoint_args)
+from megatron_tsp.training.rope_flags import rope_from_checkpoint
 from megatron_tsp.training.preprocess import load_tokenizer
 
 GB = 1e9

@@ -22,9 +22,11 @@ from megatron_tsp.layers.recompute import layer_recomputes
 from megatron_tsp.config import PRESETS, Qwen3Config, qwen3_preset
 from megatron_tsp.config_adapters import (
     POSITION_FLAG, QWEN3_ARCHITECTURE_ARGS, ROPE_FLAGS, SHAPE_FLAGS, UNTIE_FLAG, YARN_FLAGS,
-    megatron_shape, qwen3_config_from_args, yarn_from_args)
+    megatron_shape, qwen3_config_from_args)
 from megatron_tsp.size_rules import group_problem, refuse, tsp_problem
 from megatron_tsp.training.indexed_data import check_indexed_dataset, check_split_documents
+from megatron_tsp.training.rope_flags import (
+    check_rope_flags, rope_from_checkpoint, with_yarn_defaults)
 from megatron_tsp.training.launch_checks import (
     check_blend, check_load, check_numerics, check_save, check_split, check_training)
 
@@ -34,18 +36,6 @@ EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 # (Megatron's own --use-checkpoint-args leaves the YaRN flags out)
 _CHECKPOINT_SHAPE = {**{flag: dest for flag, (dest, _) in SHAPE_FLAGS.items()},
                      UNTIE_FLAG: "untie_embeddings_and_output_weights", **ROPE_FLAGS}
-# Megatron's RoPE variants that TSP's rotary embedding does not have: flag -> (value that
-# leaves it off, why)
-_UNSUPPORTED_ROPE_FLAGS = {
-    "--rotary-percent": (1.0, "TSP rotates the whole head, as Qwen3 does"),
-    "--rotary-interleaved": (False, "TSP rotates the two halves of every head, as Qwen3 does"),
-    "--use-rope-scaling": (False, "it is Llama 3.x's scaling; Qwen3 extends its context with "
-                                  f"{POSITION_FLAG} yarn"),
-    "--rope-scaling-factor": (8.0, "it is Llama 3.x's (--use-rope-scaling); YaRN's is "
-                                   "--rotary-scaling-factor"),
-    "--rotary-seq-len-interpolation-factor": (None, f"use {POSITION_FLAG} yarn"),
-    "--no-rope-freq": (None, "every Qwen3 layer applies RoPE"),
-}
 # flag -> (dest, value) defaults that differ from Megatron's
 _QWEN3_DEFAULTS = {"--attention-dropout": ("attention_dropout", 0.0),
                    "--hidden-dropout": ("hidden_dropout", 0.0)}
@@ -216,7 +206,7 @@ def _shape_source(args, saved, config: Optional[Qwen3Config]) -> Dict[str, objec
         if saved is None:
             raise ValueError(f"--use-checkpoint-args needs a checkpoint in --load, got "
                              f"{args.load}")
-        saved = _with_yarn_defaults(saved)
+        saved = with_yarn_defaults(saved)
         missing = [dest for dest in [*_CHECKPOINT_SHAPE.values(), "vocab_size"]
                    if not hasattr(saved, dest)]
         if missing:
@@ -250,44 +240,6 @@ def apply_shape(args, explicit: Set[str], saved, config: Optional[Qwen3Config]) 
     if "--vocab-size" not in explicit and args.vocab_size is None:
         args.vocab_size = shape["vocab_size"]
     check_rope_flags(args)
-
-
-def check_rope_flags(args) -> None:
-    """Megatron's RoPE flags TSP cannot honour (the position embedding and the YaRN flags are
-    checked where they are read: yarn_from_args)."""
-    for flag, (off, why) in _UNSUPPORTED_ROPE_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value != off:
-            raise ValueError(f"{flag} {value} is not supported: {why}")
-    if args.use_rotary_position_embeddings and args.position_embedding_type != "rope":
-        raise ValueError("--use-rotary-position-embeddings makes Megatron replace "
-                         f"{POSITION_FLAG} {args.position_embedding_type} with rope; leave it out")
-
-
-def rope_from_checkpoint(args, saved, explicit: Set[str]) -> None:
-    """A checkpoint's rotary embedding is the default of every rotary flag not given: a resumed
-    YaRN run keeps it whole (it never falls back to plain RoPE or to Megatron's YaRN defaults
-    because some flags were left out), and the flags given change it (YaRN on a plain
-    checkpoint extends its context; --position-embedding-type rope drops YaRN). `saved`: the
-    checkpoint's args, or None without one. Then what the flags make of it must be a rotary
-    embedding TSP runs (ValueError naming the flag)."""
-    if hasattr(saved, "position_embedding_type"):
-        saved = _with_yarn_defaults(saved)
-        for flag, dest in ROPE_FLAGS.items():
-            if flag not in explicit:
-                setattr(args, dest, getattr(saved, dest))
-        if args.position_embedding_type == "rope":
-            for flag, dest in ROPE_FLAGS.items():
-                if flag != POSITION_FLAG and flag not in explicit:
-                    setattr(args, dest, None)
-    yarn_from_args(args)
-
-
-def _with_yarn_defaults(saved):
-    """A checkpoint's args with Megatron's defaults (None) for the YaRN flags it does not
-    record (a Megatron older than them)."""
-    return argparse.Namespace(**{**{dest: None for dest, _ in YARN_FLAGS.values()},
-                                 **vars(saved)})
 
 
 def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
