@@ -28,6 +28,7 @@ CASES = [
     (["--tsp-size", "2", "--context-parallel-size", "2", *MOCK], 4, "--context-parallel-size"),
     # the TSP model has no context-parallel attention: each rank would train the whole sequence
     (["--context-parallel-size", "2", *MOCK], 2, "--context-parallel-size"),
+    (["--tensor-model-parallel-size", "2", *MOCK], 2, "--tensor-model-parallel-size"),
     (["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1",
       "--num-layers", "4", *MOCK], 2, "--num-layers-per-virtual-pipeline-stage"),
     (["--model-size", "7b", *MOCK], 1, "--model-size"),

@@ -178,3 +178,14 @@ def test_planner_refuses_what_the_layers_refuse():
     with pytest.raises(ValueError, match="--recompute-num-layers 2 with --recompute-method"):
         planner_main([*PLANNER, "--recompute-granularity", "full", "--recompute-method",
                       "uniform", "--recompute-num-layers", "2"])
+
+
+def test_when_the_model_state_alone_does_not_fit_no_shorter_sequence_is_offered(monkeypatch):
+    """Qwen3-8B on one 16 GiB GPU: params, grads and Adam alone exceed it, so the advice is more
+    GPUs, not a shorter --seq-length (which it offered before)."""
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    args = prepared_args(["--model-size", "8b", "--seq-length", "4096", "--bf16", "--mock-data",
+                          "--micro-batch-size", "1", "--train-iters", "10", "--lr", "1e-4"])
+    with pytest.raises(ValueError, match="the model state alone .* exceeds it: add GPUs") as no:
+        check_memory(args, 16 * 2 ** 30, "cuda:0")
+    assert "--seq-length" not in str(no.value).split("over the")[1], str(no.value)

@@ -146,11 +146,13 @@ def _reject_replaced_parallelism(args) -> None:
         if getattr(args, flag[2:].replace("-", "_")) is not None:
             raise ValueError(f"{flag} is not supported: the TSP model builds one model chunk "
                              "per pipeline stage")
+    # at --tsp-size 1 too: the TSP group takes the slot, so Megatron's size would be reset to
+    # 1 and the run would train as data parallel instead
+    if args.tensor_model_parallel_size != 1:
+        raise ValueError("--tensor-model-parallel-size is not supported: the TSP group takes "
+                         "the tensor-parallel slot (--tsp-size)")
     if args.tsp_size == 1:
         return
-    if args.tensor_model_parallel_size != 1:
-        raise ValueError("--tensor-model-parallel-size cannot be combined with --tsp-size > 1: "
-                         "the TSP group takes the tensor-parallel slot")
     if args.sequence_parallel:
         raise ValueError("--sequence-parallel cannot be combined with --tsp-size > 1: "
                          "TSP already shards the sequence")

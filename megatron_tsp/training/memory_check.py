@@ -142,10 +142,15 @@ def check_memory(args, device_bytes: int, device: str = "the GPU") -> str:
         return f"memory check: {_launch(args)}: the planner predicts {_describe(memory)}, " \
                f"within the {where}"
     fits = fitting_alternatives(args, usable)
+    state = memory.params + memory.grads + memory.optimizer
+    # what no sequence length changes: then only more GPUs per model (or sharded state) help
+    remedy = ("the model state alone (params, grads, optimizer) exceeds it: add GPUs (a larger "
+              "--tsp-size, or data parallel with --use-distributed-optimizer)" if state > usable
+              else "add GPUs (a larger --tsp-size) or shorten --seq-length")
     offer = ("predicted to fit, each in place of the launch's flags of its kind:\n" + "\n".join(
         f"  {p.flags}: {p.memory.total / GB:.1f} GB" for p in fits) if fits else
-             "no single change of recompute, --tsp-size or optimizer is predicted to fit: add "
-             "GPUs (a larger --tsp-size) or shorten --seq-length")
+             "no single change of recompute, --tsp-size or optimizer is predicted to fit: "
+             + remedy)
     raise ValueError(f"{_launch(args)}: the planner predicts {_describe(memory)}, over the "
                      f"{where}; {offer}\n({SKIP_FLAG} skips this check)")
 
