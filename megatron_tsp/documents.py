@@ -98,8 +98,7 @@ def packed_documents(tokens: Union[torch.Tensor, numpy.ndarray], eod: int,
     b, S = tokens.shape
     assert S % num_chunks == 0, (S, num_chunks)
     c = S // num_chunks
-    rows = tokens
-    tables = [[_chunk_segments(document_starts(rows[i], eod), k * c, c) for i in range(b)]
+    tables = [[_chunk_segments(document_starts(tokens[i], eod), k * c, c) for i in range(b)]
               for k in chunks]
     if device.type == "cpu":
         return PackedDocuments(tuple(tuple(ChunkSegments(*t) for t in per_sample)

@@ -18,7 +18,9 @@ from tests.hf_models import hf_checkpoint_dict, hf_model
 SEQ, BATCH = 32, 2
 
 
-def _tsp_logits_and_loss(tsp_size, config, megatron_state, tokens, labels):
+def tsp_logits_and_loss(tsp_size, config, megatron_state, tokens, labels, positions=None):
+    """Rank body: the TSP model with the given weights at D = tsp_size -> (full logits of the
+    real vocabulary, mean loss); positions 0..S-1 unless given [b, S]."""
     from megatron_tsp.layers.vocab import masked_token_mean
     from megatron_tsp.layout import gather_to_full, scatter_to_local
     from megatron_tsp.models.full_weights import load_full_state_dict
@@ -26,7 +28,8 @@ def _tsp_logits_and_loss(tsp_size, config, megatron_state, tokens, labels):
     ps.initialize_tsp(tsp_size)
     model = TSPQwen3Model(config)
     load_full_state_dict(model, megatron_state)
-    positions = torch.arange(SEQ).expand(BATCH, SEQ)
+    if positions is None:
+        positions = torch.arange(tokens.shape[1]).expand(*tokens.shape)
     local_tokens, local_labels, local_positions = (
         scatter_to_local(t, dim=1) for t in (tokens, labels, positions))
     with torch.no_grad():
@@ -50,7 +53,7 @@ def test_logits_and_loss_equal_transformers(tie):
     expected_loss = F.cross_entropy(expected_logits.reshape(-1, config.vocab_size),
                                     labels.reshape(-1)).item()
     for tsp_size in (1, 2):
-        logits, loss = run_distributed(_tsp_logits_and_loss, tsp_size, tsp_size, config,
+        logits, loss = run_distributed(tsp_logits_and_loss, tsp_size, tsp_size, config,
                                        megatron_state, inputs, labels)[0]
         torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-4)
         assert abs(loss - expected_loss) <= 1e-5 * expected_loss, (tsp_size, loss, expected_loss)

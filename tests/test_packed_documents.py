@@ -153,25 +153,6 @@ def test_the_document_mask_changes_this_batch(results):
         assert max(errors.values()) > 1e-3, (case, errors)
 
 
-def _tsp_logits_and_loss(tsp_size, config, megatron_state, tokens, labels, positions):
-    from megatron_tsp.layers.vocab import masked_token_mean
-    from megatron_tsp.layout import gather_to_full, scatter_to_local
-    from megatron_tsp.models.full_weights import load_full_state_dict
-    from megatron_tsp.models.qwen3 import TSPQwen3Model
-    ps.initialize_tsp(tsp_size)
-    try:
-        model = TSPQwen3Model(config)
-        load_full_state_dict(model, megatron_state)
-        local = [scatter_to_local(t, dim=1) for t in (tokens, labels, positions)]
-        with torch.no_grad():
-            logits = gather_to_full(model(local[0], local[2]), dim=1)
-            _, mean = masked_token_mean(model(local[0], local[2], labels=local[1]),
-                                        torch.ones_like(local[1], dtype=torch.float))
-        return logits[..., :config.vocab_size], mean.item()
-    finally:
-        ps.destroy_tsp()
-
-
 def test_reset_position_ids_alone_equal_transformers_given_those_positions():
     """--reset-position-ids without --reset-attention-mask: RoPE takes the restarted positions
     while attention runs across documents, as transformers' Qwen3 does when handed those
@@ -181,6 +162,7 @@ def test_reset_position_ids_alone_equal_transformers_given_those_positions():
     from megatron_tsp.config_adapters import qwen3_config_from_hf
     from megatron_tsp.conversion.hf_qwen3 import hf_state_dict_to_megatron
     from tests.hf_models import hf_checkpoint_dict, hf_model
+    from tests.test_hf_parity import tsp_logits_and_loss
     hf = hf_model(tie=False)
     config = qwen3_config_from_hf(hf.config.to_dict(), "config.json")
     state = hf_state_dict_to_megatron(hf_checkpoint_dict(hf), config)
@@ -192,7 +174,7 @@ def test_reset_position_ids_alone_equal_transformers_given_those_positions():
     expected_loss = F.cross_entropy(expected.flatten(0, 1), labels.flatten()).item()
     assert (expected - from_zero).abs().max() > 1e-2  # the positions matter for this batch
     for tsp_size in (1, 2):
-        logits, loss = run_distributed(_tsp_logits_and_loss, tsp_size, tsp_size, config, state,
+        logits, loss = run_distributed(tsp_logits_and_loss, tsp_size, tsp_size, config, state,
                                        tokens, labels, positions)[0]
         torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
         assert abs(loss - expected_loss) <= 1e-5 * expected_loss, (tsp_size, loss)

@@ -252,6 +252,12 @@ def _apply_cpu_defaults(args, explicit: Set[str]) -> None:
             setattr(args, dest, value)
 
 
+def data_parallel_size(args, world_size: int) -> int:
+    """Megatron's: the ranks of `world_size` left over by the model-parallel groups."""
+    model_parallel = args.tsp_size * args.pipeline_model_parallel_size * args.context_parallel_size
+    return max(1, world_size // max(1, model_parallel))
+
+
 def _apply_data_defaults(args, explicit: Set[str], data_parallel_size: int) -> None:
     """No data flag: the embedded corpus and tokenizer, and training defaults for a first run.
     --mock-data without a tokenizer: Megatron's NullTokenizer over the model's vocabulary."""
@@ -356,12 +362,11 @@ def prepare_args(args, argv: Iterable[str], config: Optional[Qwen3Config] = None
     check_numerics(args)
     rope_from_checkpoint(args, saved or whole_checkpoint_args(args), explicit)
     _apply_cpu_defaults(args, explicit)
-    model_parallel = args.tsp_size * args.pipeline_model_parallel_size * args.context_parallel_size
-    data_parallel_size = max(1, world_size // max(1, model_parallel))
-    _apply_data_defaults(args, explicit, data_parallel_size)
+    data_parallel = data_parallel_size(args, world_size)
+    _apply_data_defaults(args, explicit, data_parallel)
     check_split(args)
     _check_data_paths(args)
-    check_training(args, data_parallel_size)
+    check_training(args, data_parallel)
     args.tensor_model_parallel_size = args.tsp_size
     # Megatron's default distributed-optimizer checkpoint reshards over data parallel only; TSP
     # users change --tsp-size with their cluster, so the state is saved fully reshardable

@@ -26,6 +26,7 @@ from megatron_tsp.config_adapters import qwen3_config_from_args
 from megatron_tsp.planner.memory import MemoryEstimate, memory_bytes
 from megatron_tsp.planner.plan import DTYPE_BYTES, GB, USABLE_MEMORY_FRACTION, tsp_layout
 from megatron_tsp.size_rules import tsp_problem
+from megatron_tsp.training.arguments import data_parallel_size
 
 SKIP_FLAG = "--no-memory-check"
 FULL_RECOMPUTE = "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1"
@@ -48,16 +49,11 @@ def _dtype(args) -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def data_parallel_size(args) -> int:
-    """Megatron's: the ranks left over by the model-parallel groups."""
-    model_parallel = args.tsp_size * args.pipeline_model_parallel_size * args.context_parallel_size
-    return max(1, args.world_size // model_parallel)
-
-
 def predicted_memory(args) -> MemoryEstimate:
     """The planner's peak per GPU of the launch `args` describe (after prepare_args)."""
     cfg = qwen3_config_from_args(args, vocab_size=args.vocab_size)
-    layout = tsp_layout(args.tsp_size, data_parallel_size(args), args, cfg.num_layers)
+    dp = data_parallel_size(args, args.world_size)
+    layout = tsp_layout(args.tsp_size, dp, args, cfg.num_layers)
     return memory_bytes(layout, cfg, args.seq_length, args.micro_batch_size,
                         DTYPE_BYTES[_dtype(args)], args.use_distributed_optimizer)
 
@@ -93,7 +89,7 @@ def _layout_alternatives(args) -> Iterator[List[Tuple[str, dict]]]:
            for size in range(args.tsp_size + 1, args.world_size + 1)
            if tsp_problem(cfg, size, seq_length=args.seq_length, world_size=args.world_size,
                           pipeline_size=args.pipeline_model_parallel_size) is None]
-    if data_parallel_size(args) > 1 and not args.use_distributed_optimizer:
+    if data_parallel_size(args, args.world_size) > 1 and not args.use_distributed_optimizer:
         yield [("--use-distributed-optimizer", dict(use_distributed_optimizer=True))]
 
 
@@ -118,7 +114,8 @@ def _describe(memory: MemoryEstimate) -> str:
 
 
 def _launch(args) -> str:
-    return (f"--tsp-size {args.tsp_size} x {data_parallel_size(args)} data-parallel, "
+    dp = data_parallel_size(args, args.world_size)
+    return (f"--tsp-size {args.tsp_size} x {dp} data-parallel, "
             f"{args.seq_length} tokens x micro-batch {args.micro_batch_size}, {_dtype(args)}"
             f"{', distributed optimizer' if args.use_distributed_optimizer else ''}")
 
