@@ -97,7 +97,11 @@ def fake_rank(args):
     device = torch.device("cuda", 0)
     set_compute_device(device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    return device, dtype, qwen3_preset(args.model_size).replace(num_layers=args.num_layers)
+    cfg = qwen3_preset(args.model_size).replace(num_layers=args.num_layers)
+    if args.yarn:  # the 128K recipe's: a released Qwen3's 32K extended 4x
+        from megatron_tsp.config import YarnScaling
+        cfg = cfg.replace(yarn=YarnScaling(4.0, 32768), max_position_embeddings=args.seq_length)
+    return device, dtype, cfg
 
 
 def run(args) -> dict:
@@ -209,6 +213,8 @@ def main(argv=None) -> None:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--packed", action="store_true",
                         help="documents of mixed lengths packed in each sample (PACKED_LENGTHS)")
+    parser.add_argument("--yarn", action="store_true",
+                        help="YaRN rotary scaling, factor 4 over 32,768 positions")
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="instead of training: prefill a --seq-length-token prompt, then "
                              "decode until N tokens are generated")

@@ -63,10 +63,13 @@ def test_peak_memory_is_the_planners_within_ten_percent(first_and_last_rank):
 
 
 def test_packed_documents_stay_on_the_device_at_the_unpacked_memory(first_and_last_rank):
-    """Documents of mixed lengths, from one token to 64K (fake_gpu_step.PACKED_LENGTHS), packed
-    in the 131,072 tokens: torch's varlen flash kernel per chunk, its offsets made from host
-    tokens before the step; the same audit, and the peak of the unpacked step within 1%."""
-    for report, unpacked in zip(fake_gpu_steps([0, D - 1], "--packed"), first_and_last_rank):
+    """The 128K recipe's step: documents of mixed lengths, from one token to 64K
+    (fake_gpu_step.PACKED_LENGTHS), packed in the 131,072 tokens, with YaRN (factor 4 over 32K):
+    torch's varlen flash kernel per chunk, its offsets made from host tokens before the step,
+    YaRN's cos/sin made on the device; the same audit, and the peak of the unpacked step within
+    1%."""
+    for report, unpacked in zip(fake_gpu_steps([0, D - 1], "--packed", "--yarn"),
+                                first_and_last_rank):
         assert report["off_device"] == [] and report["host_syncs"] == [], report
         assert report["score_shaped"] == [] and report["wrong_grads"] == [], report
         assert report["peak_bytes"] <= 1.01 * unpacked["peak_bytes"], (report, unpacked)
